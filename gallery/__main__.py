@@ -1,0 +1,7 @@
+"""``python -m gallery``: see :mod:`gallery.cli`."""
+
+import sys
+
+from gallery.cli import main
+
+sys.exit(main())

@@ -1,0 +1,202 @@
+"""Command line: ``python -m gallery run MODEL ...`` and ``python -m gallery list``.
+
+Bad input ends with one line on stderr and exit status 2, before any computation, and leaves
+an existing ``--out`` folder as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from gallery import datasets
+from gallery.registry import GUIDES, MODELS
+from gallery.runner import DTYPES, RunConfig, fit, prepare
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (exit 2) instead of usage + error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden takes sizes like 64,64, got {text!r}") from None
+    if any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"--hidden sizes must be positive, got {text!r}")
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m gallery", description="Latent-variable models on Pyro.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands.add_parser("list", help="print the models, guides and bundled data sets")
+    run = commands.add_parser(
+        "run",
+        help="fit one model by SVI and by exact EM from the same start",
+        description="Fit MODEL by SVI with --guide and by exact EM from the same initial "
+        "parameters; write DIR/metrics.json, DIR/params.pt and DIR/training_curve.png.",
+    )
+    run.add_argument("model", choices=list(MODELS), metavar="MODEL", help=", ".join(MODELS))
+    defaults = RunConfig(model="gmm")
+    run.add_argument(
+        "--guide", default=defaults.guide, choices=list(GUIDES), metavar="GUIDE", help=", ".join(GUIDES)
+    )
+    run.add_argument(
+        "--data", default=defaults.data, help="bundled name (iris, digits) or a .npy/.npz/.csv path"
+    )
+    run.add_argument("--components", type=int, default=defaults.components, help="K, mixture components")
+    run.add_argument("--covariance-type", default=defaults.covariance_type, choices=["full", "diag"])
+    run.add_argument("--latent-dim", type=int, default=defaults.latent_dim, help="p, size of z")
+    run.add_argument("--num-steps", type=int, default=defaults.num_steps, help="SVI steps")
+    run.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: all data)")
+    run.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (decays 10x)")
+    run.add_argument(
+        "--num-particles", type=int, default=defaults.num_particles, help="ELBO samples per step"
+    )
+    run.add_argument(
+        "--eval-particles", type=int, default=defaults.eval_particles, help="samples for the final ELBO"
+    )
+    run.add_argument("--hidden", type=_hidden, default=(), help="amortised encoder hidden sizes, e.g. 64,64")
+    run.add_argument("--em-iters", type=int, default=defaults.em_iters, help="maximum EM iterations")
+    run.add_argument("--em-tol", type=float, default=defaults.em_tol, help="EM tolerance, nats per datum")
+    run.add_argument("--standardize", action="store_true", help="z-score each column first (recorded)")
+    run.add_argument("--device", default=defaults.device, help="cpu or cuda")
+    run.add_argument("--dtype", default=defaults.dtype, choices=list(DTYPES), help="for the data and SVI")
+    run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--out", type=Path, default=None, help="output folder (default runs/MODEL)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _list() -> None:
+    print("models:")
+    for name, spec in MODELS.items():
+        print(f"  {name:16s} {spec.module.__doc__.strip().splitlines()[0]}")
+    print("guides:")
+    for name, text in GUIDES.items():
+        print(f"  {name:16s} {text}")
+    print("bundled data sets:")
+    for name, text in datasets.BUNDLED.items():
+        print(f"  {name:16s} {text}")
+
+
+def _summary(metrics: dict) -> str:
+    rows = [
+        ("initial parameters", "log p(x)", metrics["initial_log_likelihood_per_datum"], "", ""),
+        (
+            f"EM ({metrics['em_num_iters']} iterations)",
+            "log p(x)",
+            metrics["em_log_likelihood_per_datum"],
+            "",
+            f"{metrics['em_seconds']:.2f}",
+        ),
+        (
+            f"SVI, guide {metrics['guide']}",
+            "log p(x)",
+            metrics["log_likelihood_per_datum"],
+            metrics["num_steps"],
+            f"{metrics['svi_seconds']:.2f}",
+        ),
+        (f"SVI, guide {metrics['guide']}", "ELBO", metrics["elbo_per_datum"], "", ""),
+    ]
+    if "closed_form_log_likelihood_per_datum" in metrics:
+        rows.append(
+            (
+                "closed form (Tipping-Bishop)",
+                "log p(x)",
+                metrics["closed_form_log_likelihood_per_datum"],
+                "",
+                "",
+            )
+        )
+    lines = [
+        f"{metrics['model']} on {metrics['data']} (N={metrics['num_data']}, D={metrics['obs_dim']}), "
+        f"{metrics['device']}, nats per datum",
+        f"{'fit':32s} {'quantity':9s} {'per datum':>12s} {'steps':>6s} {'seconds':>8s}",
+    ]
+    lines += [f"{a:32s} {b:9s} {c:12.6f} {d!s:>6s} {e:>8s}" for a, b, c, d, e in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "list":
+        _list()
+        return 0
+    config = RunConfig(
+        model=args.model,
+        guide=args.guide,
+        data=args.data,
+        components=args.components,
+        latent_dim=args.latent_dim,
+        covariance_type=args.covariance_type,
+        num_steps=args.num_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        num_particles=args.num_particles,
+        eval_particles=args.eval_particles,
+        hidden=args.hidden,
+        em_iters=args.em_iters,
+        em_tol=args.em_tol,
+        standardize=args.standardize,
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    out = args.out if args.out is not None else Path("runs") / args.model
+    try:
+        _check_out(out)
+        prepared = prepare(config)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = fit(prepared)
+        payloads = _render(result)
+    except ValueError as err:
+        print(f"python -m gallery run: error: {err}", file=sys.stderr)
+        return 2
+    from gallery.outputs import write_atomic
+
+    for name, payload in payloads.items():
+        write_atomic(out / name, payload)
+    print(_summary(result.metrics))
+    for warning in {str(w.message) for w in caught}:
+        print(f"note: {warning}")
+    print(f"wrote {', '.join(str(out / name) for name in payloads)}")
+    return 0
+
+
+def _check_out(out: Path) -> None:
+    """The output folder, or its nearest existing parent, must be a folder we can write into."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--out {str(out)!r}: {str(existing)!r} is a file, not a folder; give a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {str(out)!r}: no permission to write in {str(existing)!r}")
+
+
+def _render(result) -> dict[str, bytes]:
+    """Every output file as bytes, made before anything is written."""
+    from gallery.outputs import curve_png, metrics_bytes, params_bytes
+
+    metrics = result.metrics
+    elbo_trace = -result.svi.losses.double() / metrics["num_data"]
+    return {
+        "metrics.json": metrics_bytes(metrics),
+        "params.pt": params_bytes(svi=result.svi_params, em=result.em.params, init=result.init_params),
+        "training_curve.png": curve_png(
+            elbo_trace,
+            result.em.log_likelihoods,
+            f"{metrics['model']} on {metrics['data']}, guide {metrics['guide']}",
+        ),
+    }

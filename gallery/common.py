@@ -1,0 +1,90 @@
+"""Pieces shared by every model and guide: sizes, the data plate, input checks."""
+
+from __future__ import annotations
+
+import time
+
+import pyro
+import torch
+from torch import Tensor
+
+
+def resolve_sizes(
+    data: Tensor | None,
+    num_data: int | None,
+    obs_dim: int | None,
+) -> tuple[int, int]:
+    """Sizes come from the data when there is data, else from the arguments.
+
+    Returns ``(num_data, obs_dim)``. Raises ``ValueError`` when they disagree or are missing.
+    """
+    if data is None:
+        if num_data is None or obs_dim is None:
+            raise ValueError("with data=None pass num_data= and obs_dim= so the model knows what to sample")
+        return int(num_data), int(obs_dim)
+    if data.dim() != 2:
+        raise ValueError(
+            f"data must be 2-D (num_data, obs_dim); got shape {tuple(data.shape)}: "
+            "reshape it so that each row is one observation"
+        )
+    if num_data is not None and num_data != data.shape[0]:
+        raise ValueError(f"num_data={num_data} but data has {data.shape[0]} rows; drop num_data")
+    if obs_dim is not None and obs_dim != data.shape[1]:
+        raise ValueError(f"obs_dim={obs_dim} but data has {data.shape[1]} columns; drop obs_dim")
+    return data.shape[0], data.shape[1]
+
+
+def resolve_device(data: Tensor | None, device: torch.device | str | None) -> torch.device:
+    """The device of the data wins; ``device=`` is for sampling with ``data=None``."""
+    if data is not None:
+        return data.device
+    return torch.device(device) if device is not None else torch.device("cpu")
+
+
+def data_plate(
+    num_data: int,
+    subsample: Tensor | None,
+    subsample_size: int | None,
+    device: torch.device,
+) -> pyro.plate:
+    """The one plate over data points, named ``"data"`` in every model and guide.
+
+    Model and guide must index their per-datum tensors with the indices this plate returns:
+    inside ``Trace_ELBO`` the model's plate replays the guide's indices, so both see the same
+    subsample whether it is passed in (``subsample=``) or drawn here (``subsample_size=``).
+    """
+    return pyro.plate("data", num_data, subsample_size=subsample_size, subsample=subsample, device=device)
+
+
+def check_data(data: Tensor, *, name: str = "data") -> Tensor:
+    """Validate an observation matrix at a public entry point and return it unchanged.
+
+    Checks: a tensor, floating point, 2-D with at least one row and column, all finite.
+    """
+    if not isinstance(data, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(data).__name__}")
+    if data.dim() != 2:
+        raise ValueError(
+            f"{name} must be 2-D (num_data, obs_dim); got shape {tuple(data.shape)}: "
+            "reshape it so that each row is one observation"
+        )
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(data.shape)}); it needs rows and columns")
+    if not data.is_floating_point():
+        raise ValueError(f"{name} has dtype {data.dtype}; convert it with .double() or .float()")
+    finite = torch.isfinite(data)
+    if not bool(finite.all()):
+        bad_rows = (~finite).any(1).nonzero().flatten()
+        shown = ", ".join(str(int(i)) for i in bad_rows[:5])
+        more = " ..." if len(bad_rows) > 5 else ""
+        raise ValueError(
+            f"{name} has NaN or inf in {len(bad_rows)} row(s) (rows {shown}{more}); remove or impute them"
+        )
+    return data
+
+
+def clock(tensor: Tensor) -> float:
+    """Wall-clock seconds, after waiting for the tensor's device to finish queued work."""
+    if tensor.is_cuda:
+        torch.cuda.synchronize(tensor.device)
+    return time.perf_counter()

@@ -1,0 +1,257 @@
+"""Gaussian mixture model, fitted by maximum likelihood.
+
+Generative process, for each data point n = 1..N (Bishop 2006, eq. 9.7-9.12):
+
+    c_n ~ Categorical(weights)                      weights: (K,)
+    x_n | c_n = k ~ N(loc[k], Sigma_k)              loc: (K, D)
+
+with ``Sigma_k = scale_tril[k] @ scale_tril[k].T`` (``covariance_type="full"``, scale_tril:
+(K, D, D)) or ``Sigma_k = diag(scale[k] ** 2)`` (``covariance_type="diag"``, scale: (K, D)).
+The weights, locs and scales are ``pyro.param`` point estimates; ``c`` is marked for parallel
+enumeration, so ``TraceEnum_ELBO`` sums it out exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, replace
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+from torch.distributions import constraints
+
+from gallery.common import data_plate, resolve_device, resolve_sizes
+
+COVARIANCE_TYPES = ("full", "diag")
+
+
+@dataclass(frozen=True)
+class GMMParams:
+    """Mixture parameters; exactly one of ``scale_tril`` (full) or ``scale`` (diag) is set."""
+
+    weights: Tensor  # (K,)
+    loc: Tensor  # (K, D)
+    scale_tril: Tensor | None = None  # (K, D, D) lower Cholesky factor of each covariance
+    scale: Tensor | None = None  # (K, D) standard deviations
+
+    def __post_init__(self) -> None:
+        if (self.scale_tril is None) == (self.scale is None):
+            raise ValueError("GMMParams needs exactly one of scale_tril (full) or scale (diag)")
+
+    @property
+    def covariance_type(self) -> str:
+        return "full" if self.scale_tril is not None else "diag"
+
+    @property
+    def num_components(self) -> int:
+        return self.weights.shape[-1]
+
+    def covariance(self) -> Tensor:
+        """(K, D, D) covariance matrices."""
+        if self.scale_tril is not None:
+            return self.scale_tril @ self.scale_tril.transpose(-1, -2)
+        return torch.diag_embed(self.scale**2)
+
+    def to(self, *args, **kwargs) -> GMMParams:
+        """Move every tensor, as ``Tensor.to``."""
+        move = lambda t: None if t is None else t.to(*args, **kwargs)  # noqa: E731
+        return replace(
+            self,
+            weights=move(self.weights),
+            loc=move(self.loc),
+            scale_tril=move(self.scale_tril),
+            scale=move(self.scale),
+        )
+
+
+def init_params(
+    data: Tensor,
+    num_components: int,
+    covariance_type: str = "full",
+    *,
+    generator: torch.Generator | None = None,
+    kmeans_iters: int = 10,
+) -> GMMParams:
+    """Starting parameters from k-means (k-means++ seeding, then ``kmeans_iters`` Lloyd steps),
+    as scikit-learn's ``init_params="kmeans"``: locs at the cluster centres, weights the cluster
+    fractions, covariances those of the clusters plus 1e-6 I (the diagonal of them for
+    ``"diag"``). Same dtype and device as ``data`` (N, D); random draws use ``generator``."""
+    _check_covariance_type(covariance_type)
+    num_data, obs_dim = data.shape
+    if not 1 <= num_components <= num_data:
+        raise ValueError(
+            f"num_components={num_components} needs 1 <= num_components <= num_data={num_data}; "
+            "use fewer components or more data"
+        )
+    loc = _kmeans(data, num_components, kmeans_iters, generator)
+    labels = torch.cdist(data, loc).argmin(1)
+    resp = torch.nn.functional.one_hot(labels, num_components).to(data.dtype)  # (N, K)
+    count = resp.sum(0).clamp_min(1)  # (K,)
+    centred = data[:, None, :] - loc  # (N, K, D)
+    cov = torch.einsum("nk,nkd,nke->kde", resp, centred, centred) / count[:, None, None]
+    cov = cov + 1e-6 * torch.eye(obs_dim, dtype=data.dtype, device=data.device)
+    weights = count / count.sum()
+    if covariance_type == "diag":
+        return GMMParams(weights, loc, scale=cov.diagonal(dim1=-2, dim2=-1).sqrt())
+    return GMMParams(weights, loc, scale_tril=torch.linalg.cholesky(cov))
+
+
+def _kmeans(data: Tensor, num_clusters: int, num_iters: int, generator: torch.Generator | None) -> Tensor:
+    """(K, D) cluster centres: k-means++ seeding (Arthur and Vassilvitskii 2007), Lloyd steps."""
+    draw = lambda weights: int(torch.multinomial(weights.cpu(), 1, generator=generator))  # noqa: E731
+    centres = [data[draw(torch.ones(data.shape[0], dtype=data.dtype))]]
+    for _ in range(1, num_clusters):
+        dist2 = torch.cdist(data, torch.stack(centres)).min(1).values.pow(2)
+        weights = dist2 if bool(dist2.sum() > 0) else torch.ones_like(dist2)
+        centres.append(data[draw(weights)])
+    loc = torch.stack(centres)
+    for _ in range(num_iters):
+        labels = torch.cdist(data, loc).argmin(1)
+        resp = torch.nn.functional.one_hot(labels, num_clusters).to(data.dtype)
+        count = resp.sum(0)
+        loc = torch.where(count[:, None] > 0, resp.T @ data / count.clamp_min(1)[:, None], loc)
+    return loc
+
+
+def prior_params(
+    num_components: int, obs_dim: int, covariance_type: str, device: torch.device, dtype: torch.dtype
+) -> GMMParams:
+    """Parameters to sample from when there is neither data nor ``init``: uniform weights,
+    locs drawn from N(0, 9 I), unit covariances."""
+    _check_covariance_type(covariance_type)
+    weights = torch.full((num_components,), 1.0 / num_components, device=device, dtype=dtype)
+    loc = 3.0 * torch.randn(num_components, obs_dim, device=device, dtype=dtype)
+    scale = torch.ones(num_components, obs_dim, device=device, dtype=dtype)
+    if covariance_type == "diag":
+        return GMMParams(weights, loc, scale=scale)
+    return GMMParams(weights, loc, scale_tril=torch.diag_embed(scale))
+
+
+def global_params(
+    data: Tensor | None,
+    *,
+    num_components: int,
+    obs_dim: int,
+    covariance_type: str,
+    init: GMMParams | None,
+    device: torch.device,
+) -> GMMParams:
+    """The ``pyro.param`` sites of the model, created from ``init`` on first use.
+
+    Shared by the model and the exact guide so that both read the same sites."""
+    _check_covariance_type(covariance_type)
+
+    @functools.cache
+    def start() -> GMMParams:
+        if init is not None:
+            return init
+        if data is not None:
+            return init_params(data, num_components, covariance_type)
+        return prior_params(num_components, obs_dim, covariance_type, device, torch.get_default_dtype())
+
+    weights = pyro.param("weights", lambda: start().weights, constraint=constraints.simplex)
+    loc = pyro.param("loc", lambda: start().loc)
+    if covariance_type == "full":
+        scale_tril = pyro.param(
+            "scale_tril", lambda: start().scale_tril, constraint=constraints.lower_cholesky
+        )
+        return GMMParams(weights, loc, scale_tril=scale_tril)
+    scale = pyro.param("scale", lambda: start().scale, constraint=constraints.positive)
+    return GMMParams(weights, loc, scale=scale)
+
+
+def component_dist(params: GMMParams, c: Tensor) -> dist.Distribution:
+    """The distribution of x given assignments ``c`` (any batch shape), event shape (D,)."""
+    if params.scale_tril is not None:
+        return dist.MultivariateNormal(params.loc[c], scale_tril=params.scale_tril[c])
+    return dist.Normal(params.loc[c], params.scale[c]).to_event(1)
+
+
+def model(
+    data: Tensor | None = None,
+    *,
+    num_components: int,
+    num_data: int | None = None,
+    obs_dim: int | None = None,
+    covariance_type: str = "full",
+    init: GMMParams | None = None,
+    subsample: Tensor | None = None,
+    subsample_size: int | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Gaussian mixture: ``c_n ~ Categorical(weights)``, ``x_n ~ N(loc[c_n], Sigma[c_n])``.
+
+    :param data: (N, D) observations, or None to sample ``num_data`` points of ``obs_dim``.
+    :param init: starting parameters; default :func:`init_params` on the data.
+    :param subsample: (B,) indices of the minibatch; or ``subsample_size`` to draw them.
+    :returns: (B, D) the observed or sampled x of the subsample.
+    """
+    num_data, obs_dim = resolve_sizes(data, num_data, obs_dim)
+    device = resolve_device(data, device)
+    params = global_params(
+        data,
+        num_components=num_components,
+        obs_dim=obs_dim,
+        covariance_type=covariance_type,
+        init=init,
+        device=device,
+    )
+    with data_plate(num_data, subsample, subsample_size, device) as ind:
+        c = pyro.sample(
+            "c", dist.Categorical(params.weights), infer={"enumerate": "parallel"}
+        )  # (B,), or (K, 1, ...) when enumerated
+        obs = None if data is None else data[ind]
+        return pyro.sample("x", component_dist(params, c), obs=obs)
+
+
+def current_params() -> GMMParams:
+    """The fitted parameters, detached, read from Pyro's param store."""
+    store = pyro.get_param_store()
+    read = lambda name: store[name].detach().clone() if name in store else None  # noqa: E731
+    return GMMParams(read("weights"), read("loc"), scale_tril=read("scale_tril"), scale=read("scale"))
+
+
+def component_log_prob(data: Tensor, params: GMMParams) -> Tensor:
+    """(N, K) log N(x_n; loc_k, Sigma_k), as matrix products (no loop over components)."""
+    obs_dim = data.shape[-1]
+    if params.scale is not None:
+        precision = params.scale.pow(-2)  # (K, D)
+        maha = (
+            data.pow(2) @ precision.T
+            - 2 * data @ (params.loc * precision).T
+            + (params.loc.pow(2) * precision).sum(-1)
+        )  # (N, K)
+        half_log_det = params.scale.log().sum(-1)  # (K,)
+    else:
+        eye = torch.eye(obs_dim, dtype=data.dtype, device=data.device)
+        prec_tril = torch.linalg.solve_triangular(params.scale_tril, eye, upper=False)  # (K, D, D)
+        y = torch.einsum("kij,nj->nki", prec_tril, data) - torch.einsum(
+            "kij,kj->ki", prec_tril, params.loc
+        )  # (N, K, D)
+        maha = y.pow(2).sum(-1)
+        half_log_det = params.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return -0.5 * (obs_dim * math.log(2 * math.pi) + maha) - half_log_det
+
+
+def joint_log_prob(data: Tensor, params: GMMParams) -> Tensor:
+    """(N, K) log p(x_n, c_n = k)."""
+    return params.weights.log() + component_log_prob(data, params)
+
+
+def log_likelihood(data: Tensor, params: GMMParams) -> Tensor:
+    """(N,) exact log p(x_n) = logsumexp_k log p(x_n, c_n = k)."""
+    return joint_log_prob(data, params).logsumexp(-1)
+
+
+def log_responsibilities(data: Tensor, params: GMMParams) -> Tensor:
+    """(N, K) log p(c_n = k | x_n), the exact posterior over assignments."""
+    joint = joint_log_prob(data, params)
+    return joint - joint.logsumexp(-1, keepdim=True)
+
+
+def _check_covariance_type(covariance_type: str) -> None:
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ValueError(f"covariance_type={covariance_type!r} is not one of {', '.join(COVARIANCE_TYPES)}")

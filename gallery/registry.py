@@ -1,0 +1,75 @@
+"""Which guides fit which model, by the names the command line uses."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+from pyro import poutine
+
+import guides
+from gallery import factor_analysis, gmm, ppca
+from inference import em
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    module: ModuleType  # has model, init_params, current_params, log_likelihood
+    exact_guide: Callable
+    latent: str  # "c" (discrete, one of K) or "z" (continuous, latent_dim)
+    fit_em: Callable  # (data, init, **run_em kwargs) -> EMResult
+
+
+MODELS = {
+    "gmm": ModelSpec(gmm, guides.gmm_posterior, "c", em.em_gmm),
+    "factor-analysis": ModelSpec(
+        factor_analysis, guides.factor_analysis_posterior, "z", em.em_linear_gaussian
+    ),
+    "ppca": ModelSpec(ppca, guides.ppca_posterior, "z", em.em_linear_gaussian),
+}
+
+GUIDES = {
+    "exact": "the exact posterior p(latent | x) under the current parameters: ELBO = log p(x)",
+    "mean-field": "one factor per data point: N(loc_n, diag(scale_n^2)), or Categorical(probs_n)",
+    "amortised": "a density network q(z|x) with diagonal covariance, or q(c|x)",
+    "amortised-full": "a density network q(z|x) with full (Cholesky) covariance (z models only)",
+    "auto-normal": "Pyro's AutoNormal (for the mixture, c is summed out in the model)",
+}
+
+
+def make_guide(
+    model_name: str,
+    guide_name: str,
+    *,
+    num_data: int,
+    obs_dim: int,
+    size: int,
+    hidden: tuple[int, ...] = (),
+    device: torch.device,
+    dtype: torch.dtype,
+    model_kwargs: dict,
+) -> Callable:
+    """Build guide ``guide_name`` for ``model_name``; ``size`` is K (mixture) or p (z models)."""
+    spec = MODELS[model_name]
+    if guide_name not in GUIDES:
+        raise ValueError(f"unknown guide {guide_name!r}; choose one of {', '.join(GUIDES)}")
+    discrete = spec.latent == "c"
+    if guide_name == "exact":
+        return spec.exact_guide
+    if guide_name == "mean-field":
+        cls = guides.MeanFieldCategorical if discrete else guides.MeanFieldNormal
+        return cls(num_data, size)
+    if guide_name == "auto-normal":
+        model = functools.partial(spec.module.model, **model_kwargs)
+        return guides.auto_normal(poutine.block(model, hide=["c"]) if discrete else model)
+    if discrete and guide_name == "amortised-full":
+        raise ValueError("guide 'amortised-full' is for continuous z; for gmm use 'amortised'")
+    if discrete:
+        net = guides.AmortisedCategorical(obs_dim, size, hidden=hidden)
+    else:
+        covariance = "full" if guide_name == "amortised-full" else "diag"
+        net = guides.AmortisedNormal(obs_dim, size, hidden=hidden, covariance=covariance)
+    return net.to(device=device, dtype=dtype)

@@ -1,0 +1,207 @@
+"""The ``run`` job: fit one model by SVI and by exact EM from the same start, and report both.
+
+Every check on the input happens in :func:`prepare`, before any computation; :func:`fit` does the
+work and returns the metrics; the command line writes them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import pyro
+import torch
+from torch import Tensor
+
+from gallery import datasets
+from gallery.registry import GUIDES, MODELS, make_guide
+from inference import evaluate
+from inference.em import EMResult, ppca_max_log_likelihood
+from inference.svi import SVIResult, fit_svi
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str
+    guide: str = "exact"
+    data: str = "iris"
+    components: int = 3
+    latent_dim: int = 2
+    covariance_type: str = "full"
+    num_steps: int = 2000
+    batch_size: int | None = None
+    lr: float = 0.05
+    num_particles: int = 1
+    eval_particles: int = 100
+    hidden: tuple[int, ...] = ()
+    em_iters: int = 500
+    em_tol: float = 1e-8
+    standardize: bool = False
+    device: str = "cpu"
+    dtype: str = "float64"
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Prepared:
+    config: RunConfig
+    data: Tensor  # (N, D) on the device, in the dtype
+    labels: Tensor | None
+    model_kwargs: dict = field(default_factory=dict)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load and check everything; raises ``ValueError`` with what to change."""
+    if config.model not in MODELS:
+        raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
+    if config.guide not in GUIDES:
+        raise ValueError(f"unknown guide {config.guide!r}; choose one of {', '.join(GUIDES)}")
+    if config.guide == "amortised-full" and config.model == "gmm":
+        raise ValueError("guide 'amortised-full' is for continuous z; for gmm use 'amortised'")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
+    device = _check_device(config.device)
+    for name in ("num_steps", "num_particles", "eval_particles", "components", "latent_dim"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.em_iters < 0:
+        raise ValueError(f"--em-iters must be at least 0, got {config.em_iters}")
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise ValueError(f"--lr must be a positive number, got {config.lr}")
+    if not (math.isfinite(config.em_tol) and config.em_tol >= 0):
+        raise ValueError(f"--em-tol must be a number >= 0, got {config.em_tol}")
+    dataset = datasets.load(config.data)
+    data = dataset.data
+    if config.standardize:
+        data = (data - data.mean(0)) / data.std(0, correction=0).where(lambda s: s > 0, 1.0)
+    num_data, obs_dim = data.shape
+    if config.batch_size is not None and not 1 <= config.batch_size <= num_data:
+        raise ValueError(f"--batch-size {config.batch_size} must be between 1 and the {num_data} rows")
+    if config.model == "gmm":
+        if config.components > num_data:
+            raise ValueError(
+                f"--components {config.components} is more than the {num_data} rows of data; "
+                "use fewer components"
+            )
+        model_kwargs = {"num_components": config.components, "covariance_type": config.covariance_type}
+    else:
+        if config.latent_dim >= obs_dim:
+            raise ValueError(
+                f"--latent-dim {config.latent_dim} must be smaller than the data dimension {obs_dim}"
+            )
+        model_kwargs = {"latent_dim": config.latent_dim}
+    data = data.to(device=device, dtype=DTYPES[config.dtype])
+    return Prepared(config, data, dataset.labels, model_kwargs)
+
+
+def _check_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but this machine has no CUDA GPU; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {name!r}; use cpu or cuda")
+    return device
+
+
+@dataclass(frozen=True)
+class RunResult:
+    metrics: dict
+    svi: SVIResult
+    em: EMResult
+    svi_params: object
+    init_params: object
+
+
+def fit(prepared: Prepared) -> RunResult:
+    """Fit by EM and by SVI from the same initial parameters; return metrics and histories."""
+    config, data, kwargs = prepared.config, prepared.data, prepared.model_kwargs
+    spec = MODELS[config.model]
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(config.seed)
+    if config.model == "gmm":
+        init = spec.module.init_params(data, config.components, config.covariance_type, generator=generator)
+    else:
+        init = spec.module.init_params(data, config.latent_dim, generator=generator)
+    em_result = spec.fit_em(
+        data,
+        init,
+        max_iters=config.em_iters,
+        tol=config.em_tol,
+        dtype=torch.float64,
+        progress=config.progress,
+    )
+    pyro.clear_param_store()
+    num_data, obs_dim = data.shape
+    guide = make_guide(
+        config.model,
+        config.guide,
+        num_data=num_data,
+        obs_dim=obs_dim,
+        size=config.components if config.model == "gmm" else config.latent_dim,
+        hidden=config.hidden,
+        device=data.device,
+        dtype=data.dtype,
+        model_kwargs=kwargs,
+    )
+    svi_result = fit_svi(
+        spec.module.model,
+        guide,
+        data,
+        num_steps=config.num_steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        num_particles=config.num_particles,
+        seed=config.seed,
+        progress=config.progress,
+        init=init,
+        **kwargs,
+    )
+    svi_params = spec.module.current_params()
+    data64 = data.double()
+    metrics = {
+        "model": config.model,
+        "guide": config.guide,
+        "data": config.data,
+        "preprocessing": "standardize" if config.standardize else "none",
+        "device": str(data.device),
+        "dtype": config.dtype,
+        "num_data": num_data,
+        "obs_dim": obs_dim,
+        **kwargs,
+        "num_steps": config.num_steps,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "num_particles": config.num_particles,
+        "seed": config.seed,
+        "elbo": svi_result.elbo,
+        "elbo_per_datum": evaluate.elbo(
+            spec.module.model, guide, data, num_particles=config.eval_particles, init=init, **kwargs
+        )
+        / num_data,
+        "eval_particles": config.eval_particles,
+        "log_likelihood_per_datum": float(
+            evaluate.log_likelihood(data64, svi_params.to(torch.float64)).mean()
+        ),
+        "initial_log_likelihood_per_datum": float(em_result.log_likelihoods[0]),
+        "em_log_likelihood_per_datum": float(em_result.log_likelihoods[-1]),
+        "em_num_iters": em_result.num_iters,
+        "em_converged": em_result.converged,
+        "svi_seconds": svi_result.seconds,
+        "em_seconds": em_result.seconds,
+    }
+    if config.model == "ppca":
+        metrics["closed_form_log_likelihood_per_datum"] = float(
+            ppca_max_log_likelihood(data64, config.latent_dim)
+        )
+    metrics["seconds"] = time.perf_counter() - start
+    return RunResult(metrics, svi_result, em_result, svi_params, init)
+
+
+__all__ = ["DTYPES", "Prepared", "RunConfig", "RunResult", "fit", "prepare"]

@@ -1,0 +1,144 @@
+"""Amortised guides: a density network maps each x_n to the parameters of its q.
+
+    q(z_n | x_n) = N(f_mu(x_n), f_Sigma(x_n))        diagonal or full (Cholesky) covariance
+    q(c_n | x_n) = Categorical(softmax(f_logits(x_n)))
+
+The network's weights are shared by all data points, so the number of variational parameters
+does not grow with N, and a new x gets its q from one forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import Tensor, nn
+from torch.nn.functional import softplus
+
+from gallery.common import data_plate
+
+COVARIANCES = ("diag", "full")
+
+
+def mlp(
+    in_dim: int, out_dim: int, hidden: Sequence[int] = (), activation: type[nn.Module] = nn.Tanh
+) -> nn.Sequential:
+    """in_dim -> hidden[0] -> ... -> out_dim, with ``activation`` between layers; ``hidden=()``
+    is a single affine map."""
+    sizes = [in_dim, *hidden, out_dim]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class _Amortised(nn.Module):
+    """Common checks: the guide needs data on the network's device and dtype."""
+
+    def _check(self, data: Tensor | None) -> Tensor:
+        if data is None:
+            raise ValueError(f"{type(self).__name__} needs the data (N, D) to encode; pass data=")
+        weight = next(self.parameters())
+        if data.dtype != weight.dtype or data.device != weight.device:
+            raise ValueError(
+                f"{type(self).__name__} has {weight.dtype} weights on {weight.device} but the data is "
+                f"{data.dtype} on {data.device}; call guide.to(device=..., dtype=...) first"
+            )
+        return data
+
+
+class AmortisedNormal(_Amortised):
+    """q(z_n | x_n) = N(f_mu(x_n), f_Sigma(x_n)) for the site ``z``.
+
+    :param obs_dim: d, the size of each x_n.
+    :param latent_dim: p, the size of each z_n.
+    :param hidden: hidden layer sizes of the encoder; ``()`` makes it affine in x, which is enough
+        to represent the exact posterior of factor analysis and PPCA (with ``covariance="full"``).
+    :param covariance: ``"diag"`` (softplus of p outputs) or ``"full"`` (p(p+1)/2 outputs filling
+        a lower-triangular scale_tril with a softplus diagonal).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        latent_dim: int,
+        *,
+        hidden: Sequence[int] = (),
+        covariance: str = "diag",
+        activation: type[nn.Module] = nn.Tanh,
+        name: str = "amortised_normal",
+    ):
+        super().__init__()
+        if covariance not in COVARIANCES:
+            raise ValueError(f"covariance={covariance!r} is not one of {', '.join(COVARIANCES)}")
+        self.latent_dim, self.covariance, self.name = latent_dim, covariance, name
+        num_scale = latent_dim if covariance == "diag" else latent_dim * (latent_dim + 1) // 2
+        self.net = mlp(obs_dim, latent_dim + num_scale, hidden, activation)
+        self.register_buffer("_tril_rows", torch.tril_indices(latent_dim, latent_dim)[0], persistent=False)
+        self.register_buffer("_tril_cols", torch.tril_indices(latent_dim, latent_dim)[1], persistent=False)
+
+    def encode(self, x: Tensor) -> dist.Distribution:
+        """q(z | x) for a batch x: (B, d); batch shape (B,), event shape (p,)."""
+        out = self.net(x)  # (B, p + num_scale)
+        loc, raw = out[..., : self.latent_dim], out[..., self.latent_dim :]
+        if self.covariance == "diag":
+            return dist.Normal(loc, softplus(raw)).to_event(1)
+        tril = raw.new_zeros(*raw.shape[:-1], self.latent_dim, self.latent_dim)
+        tril[..., self._tril_rows, self._tril_cols] = raw
+        diag = tril.diagonal(dim1=-2, dim2=-1)
+        scale_tril = tril - torch.diag_embed(diag) + torch.diag_embed(softplus(diag))
+        return dist.MultivariateNormal(loc, scale_tril=scale_tril)
+
+    def forward(
+        self,
+        data: Tensor | None = None,
+        *,
+        subsample: Tensor | None = None,
+        subsample_size: int | None = None,
+        **model_kwargs,
+    ) -> None:
+        data = self._check(data)
+        pyro.module(self.name, self)
+        with data_plate(data.shape[0], subsample, subsample_size, data.device) as ind:
+            pyro.sample("z", self.encode(data[ind]))
+
+
+class AmortisedCategorical(_Amortised):
+    """q(c_n | x_n) = Categorical(softmax(f(x_n))) for the mixture's site ``c``, enumerated in
+    parallel so that ``TraceEnum_ELBO`` takes the expectation over c exactly.
+
+    :param obs_dim: d.
+    :param num_components: K.
+    :param hidden: hidden layer sizes; ``()`` is multinomial logistic regression on x.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        num_components: int,
+        *,
+        hidden: Sequence[int] = (),
+        activation: type[nn.Module] = nn.Tanh,
+        name: str = "amortised_categorical",
+    ):
+        super().__init__()
+        self.name = name
+        self.net = mlp(obs_dim, num_components, hidden, activation)
+
+    def forward(
+        self,
+        data: Tensor | None = None,
+        *,
+        subsample: Tensor | None = None,
+        subsample_size: int | None = None,
+        **model_kwargs,
+    ) -> None:
+        data = self._check(data)
+        pyro.module(self.name, self)
+        with data_plate(data.shape[0], subsample, subsample_size, data.device) as ind:
+            logits = self.net(data[ind])  # (B, K)
+            pyro.sample("c", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})

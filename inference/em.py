@@ -1,0 +1,194 @@
+"""Exact EM for the mixture, factor analysis and PPCA, and PPCA's closed-form solution.
+
+Each model has a pure ``e_step(data, params) -> (stats, mean log p(x))`` and
+``m_step(data, stats) -> params``; :func:`run_em` alternates them and records the mean
+log-likelihood of every iterate. EM never lowers log p(x) (Dempster, Laird and Rubin 1977),
+which the tests check iteration by iteration. Float64 by default, on the data's device.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from gallery import gmm, linear_gaussian
+from gallery.common import check_data, clock
+from gallery.gmm import GMMParams
+from gallery.linear_gaussian import LinearGaussianParams
+
+
+@dataclass(frozen=True)
+class EMResult:
+    params: Any  # GMMParams or LinearGaussianParams, the last iterate
+    log_likelihoods: Tensor  # (num_iters + 1,) mean log p(x) of the start and of every iterate
+    converged: bool
+    num_iters: int
+    seconds: float
+
+
+def run_em(
+    data: Tensor,
+    init: Any,
+    e_step: Callable[[Tensor, Any], tuple[Any, Tensor]],
+    m_step: Callable[[Tensor, Any], Any],
+    *,
+    max_iters: int = 100,
+    tol: float = 1e-8,
+    dtype: torch.dtype | None = torch.float64,
+    progress: bool = False,
+) -> EMResult:
+    """Alternate M- and E-steps from ``init`` until the mean log-likelihood changes by less than
+    ``tol`` nats per datum, or ``max_iters`` M-steps; warn if not converged."""
+    check_data(data)
+    if dtype is not None:
+        data, init = data.to(dtype), init.to(dtype)
+    start = clock(data)
+    params = init
+    stats, log_lik = e_step(data, params)
+    history = [log_lik]
+    converged = False
+    for _ in tqdm(range(max_iters), desc="EM", disable=not progress, leave=False):
+        params = m_step(data, stats)
+        stats, log_lik = e_step(data, params)
+        history.append(log_lik)
+        if abs(float(history[-1] - history[-2])) < tol:  # one sync per EM iteration
+            converged = True
+            break
+    if not converged and max_iters > 0:
+        warnings.warn(f"EM did not converge to tol={tol} in {max_iters} iterations", stacklevel=2)
+    return EMResult(params, torch.stack(history).cpu(), converged, len(history) - 1, clock(data) - start)
+
+
+# Gaussian mixture ---------------------------------------------------------------------------
+
+
+def gmm_e_step(data: Tensor, params: GMMParams) -> tuple[Tensor, Tensor]:
+    """Responsibilities (N, K) and the mean log-likelihood, in log space."""
+    joint = gmm.joint_log_prob(data, params)  # (N, K)
+    log_norm = joint.logsumexp(-1, keepdim=True)
+    return (joint - log_norm).exp(), log_norm.mean()
+
+
+def gmm_m_step(data: Tensor, resp: Tensor, covariance_type: str, reg_covar: float = 1e-6) -> GMMParams:
+    """Weighted maximum likelihood given responsibilities (N, K), as scikit-learn's
+    GaussianMixture: ``nk + 10 eps`` guards empty components and ``reg_covar`` is added to
+    every variance."""
+    num_data, obs_dim = data.shape
+    nk = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps  # (K,)
+    center = data.mean(0)
+    centred = data - center  # moments about the data mean, for accuracy
+    loc_c = (resp.T @ centred) / nk[:, None]  # (K, D)
+    weights = nk / num_data
+    if covariance_type == "diag":
+        var = (resp.T @ centred.pow(2)) / nk[:, None] - loc_c.pow(2) + reg_covar
+        return GMMParams(weights, loc_c + center, scale=var.sqrt())
+    second = torch.einsum("nk,nd,ne->kde", resp, centred, centred) / nk[:, None, None]
+    eye = torch.eye(obs_dim, dtype=data.dtype, device=data.device)
+    cov = second - loc_c[:, :, None] * loc_c[:, None, :] + reg_covar * eye
+    scale_tril, info = torch.linalg.cholesky_ex(cov)
+    if bool(info.any()):
+        bad = int(info.nonzero()[0])
+        raise ValueError(
+            f"the covariance of mixture component {bad} is not positive definite; "
+            "increase reg_covar, use fewer components, or scale the data"
+        )
+    return GMMParams(weights, loc_c + center, scale_tril=scale_tril)
+
+
+def em_gmm(data: Tensor, init: GMMParams, *, reg_covar: float = 1e-6, **kwargs) -> EMResult:
+    """Exact EM for :mod:`gallery.gmm` from ``init``; ``kwargs`` go to :func:`run_em`."""
+    return run_em(
+        data,
+        init,
+        gmm_e_step,
+        lambda x, resp: gmm_m_step(x, resp, init.covariance_type, reg_covar),
+        **kwargs,
+    )
+
+
+# Factor analysis and PPCA ---------------------------------------------------------------------
+
+
+def linear_gaussian_e_step(
+    data: Tensor, params: LinearGaussianParams
+) -> tuple[tuple[Tensor, Tensor], Tensor]:
+    """Posterior means (N, p) and the shared covariance (p, p), and the mean log-likelihood."""
+    loc, scale_tril = linear_gaussian.posterior(data, params)
+    covariance = scale_tril @ scale_tril.T
+    return (loc, covariance), linear_gaussian.log_likelihood(data, params).mean()
+
+
+def linear_gaussian_m_step(
+    data: Tensor, stats: tuple[Tensor, Tensor], isotropic: bool, min_noise_variance: float = 1e-12
+) -> LinearGaussianParams:
+    """Maximise E_q[log p(x, z)] jointly over (loading, loc) and the noise.
+
+    With the augmented latent [z; 1] (Ghahramani and Hinton 1996, eq. 7-8):
+    [loading, loc] = (sum_n x_n E[z~_n]^T)(sum_n E[z~_n z~_n^T])^{-1} and
+    psi = diag(sum_n x_n x_n^T - [loading, loc] sum_n E[z~_n] x_n^T) / N, averaged for PPCA.
+    """
+    loc_z, cov_z = stats  # (N, p), (p, p)
+    num_data, latent_dim = loc_z.shape
+    ones = loc_z.new_ones(num_data, 1)
+    aug = torch.cat([loc_z, ones], 1)  # (N, p + 1) = E[z~]
+    moment = aug.T @ aug  # (p + 1, p + 1)
+    moment[:latent_dim, :latent_dim] += num_data * cov_z
+    cross = data.T @ aug  # (d, p + 1) = sum x E[z~]^T
+    coef = torch.linalg.solve(moment, cross.T).T  # (d, p + 1); moment is symmetric
+    psi = (data.pow(2).sum(0) - (coef * cross).sum(1)) / num_data  # (d,)
+    noise = psi.mean() if isotropic else psi
+    return LinearGaussianParams(coef[:, -1], coef[:, :-1], noise.clamp_min(min_noise_variance))
+
+
+def em_linear_gaussian(data: Tensor, init: LinearGaussianParams, **kwargs) -> EMResult:
+    """Exact EM for factor analysis (``init.noise_variance``: (d,)) or PPCA (scalar)."""
+    return run_em(
+        data,
+        init,
+        linear_gaussian_e_step,
+        lambda x, stats: linear_gaussian_m_step(x, stats, init.isotropic),
+        **kwargs,
+    )
+
+
+em_factor_analysis = em_linear_gaussian
+em_ppca = em_linear_gaussian
+
+
+def ppca_closed_form(data: Tensor, latent_dim: int) -> LinearGaussianParams:
+    """PPCA's maximum-likelihood parameters (Tipping and Bishop 1999, eq. 7-8):
+    loc = mean, sigma^2 = mean of the d - p smallest eigenvalues of the 1/N sample covariance S,
+    loading = U_p (Lambda_p - sigma^2 I)^{1/2} (taking the rotation R = I)."""
+    check_data(data)
+    num_data, obs_dim = data.shape
+    linear_gaussian.check_latent_dim(latent_dim, obs_dim)
+    loc = data.mean(0)
+    centred = data - loc
+    sample_cov = centred.T @ centred / num_data
+    eigvals, eigvecs = torch.linalg.eigh(sample_cov)  # ascending
+    eigvals, eigvecs = eigvals.flip(0), eigvecs.flip(1)
+    noise_variance = eigvals[latent_dim:].mean()
+    loading = eigvecs[:, :latent_dim] * (eigvals[:latent_dim] - noise_variance).clamp_min(0).sqrt()
+    return LinearGaussianParams(loc, loading, noise_variance)
+
+
+def ppca_max_log_likelihood(data: Tensor, latent_dim: int) -> Tensor:
+    """The maximum of the mean log-likelihood in closed form (Tipping and Bishop 1999, eq. 4 at
+    eq. 7-8): -1/2 [d log 2 pi + sum_{j<=p} log lambda_j + (d - p) log sigma^2 + d]."""
+    num_data, obs_dim = data.shape
+    centred = data - data.mean(0)
+    eigvals = torch.linalg.eigvalsh(centred.T @ centred / num_data).flip(0)
+    noise_variance = eigvals[latent_dim:].mean()
+    return -0.5 * (
+        obs_dim * math.log(2 * math.pi)
+        + eigvals[:latent_dim].log().sum()
+        + (obs_dim - latent_dim) * noise_variance.log()
+        + obs_dim
+    )

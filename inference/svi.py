@@ -1,0 +1,172 @@
+"""The one training loop: stochastic variational inference for any model and guide.
+
+We maximise the evidence lower bound (Hoffman et al. 2013; Kingma and Welling 2014)
+
+    F(q, lambda) = E_q[log p(x, z; lambda) - log q(z)] = log p(x) - KL(q || p(z | x)),
+
+estimated with K reparameterised samples (``num_particles``, vectorised) and, for discrete
+sites marked for enumeration, summed exactly by ``TraceEnum_ELBO``. The parameters are those
+that a first traced call of model and guide creates, found as Pyro's own ``SVI`` finds them
+(``poutine.trace(param_only=True)``): plain ``pyro.param`` sites, ``pyro.module`` networks and
+autoguide parameters alike. One step is a function of one minibatch over that one list of
+parameters, with an optional ``grad_hook(params)`` between backward and update (the place for
+an all-reduce across processes). Minibatch indices are drawn on the data's device and passed
+as ``subsample=`` to both model and guide, so per-datum guide parameters and the data they
+describe are indexed by the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from gallery.common import check_data, clock
+
+MAX_PLATE_NESTING = 1  # every gallery model has one plate, "data"
+
+
+@dataclass(frozen=True)
+class SVIResult:
+    losses: Tensor  # (num_steps,) -ELBO estimate of each step, scaled to the whole data set, CPU
+    num_steps: int
+    seconds: float
+    elbo: str  # the estimator used: "Trace_ELBO" or "TraceEnum_ELBO"
+
+
+def uses_enumeration(model: Callable, guide: Callable, *args, **kwargs) -> bool:
+    """True if any sample site of guide or model is marked ``infer={"enumerate": ...}``."""
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return any(
+        site["type"] == "sample" and site["infer"].get("enumerate")
+        for trace in (guide_trace, model_trace)
+        for site in trace.nodes.values()
+    )
+
+
+def make_elbo(enumerate_discrete: bool, num_particles: int = 1) -> ELBO:
+    """``TraceEnum_ELBO`` where a discrete site is enumerated, else ``Trace_ELBO``; particles
+    are vectorised over a plate left of the data plate."""
+    cls = TraceEnum_ELBO if enumerate_discrete else Trace_ELBO
+    return cls(
+        num_particles=num_particles,
+        vectorize_particles=num_particles > 1,
+        max_plate_nesting=MAX_PLATE_NESTING,
+    )
+
+
+def collect_params(loss_fn: Callable[..., Tensor], *args, **kwargs) -> tuple[Tensor, list[Tensor]]:
+    """Call ``loss_fn`` once under ``poutine.trace(param_only=True)`` and return its loss and the
+    unconstrained tensors of every param site it touched, in first-use order."""
+    with poutine.trace(param_only=True) as capture:
+        loss = loss_fn(*args, **kwargs)
+    params, seen = [], set()
+    for site in capture.trace.nodes.values():
+        tensor = site["value"].unconstrained()
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            params.append(tensor)
+    return loss, params
+
+
+def minibatches(
+    num_data: int, batch_size: int | None, device: torch.device, generator: torch.Generator
+) -> Iterator[Tensor | None]:
+    """Endless (B,) index tensors on ``device``: a fresh permutation each epoch, cut into
+    ``num_data // batch_size`` batches of exactly ``batch_size``. ``None`` for full batch."""
+    if batch_size is None or batch_size >= num_data:
+        while True:
+            yield None
+    num_batches = num_data // batch_size
+    while True:
+        perm = torch.randperm(num_data, device=device, generator=generator)
+        yield from perm[: num_batches * batch_size].view(num_batches, batch_size)
+
+
+def svi_step(
+    loss_fn: Callable[[Tensor | None], Tensor],
+    params: list[Tensor],
+    optimizer: torch.optim.Optimizer,
+    subsample: Tensor | None,
+    grad_hook: Callable[[list[Tensor]], None] | None = None,
+) -> Tensor:
+    """One gradient step on one minibatch; returns the detached loss (no host sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(subsample)
+    loss.backward()
+    if grad_hook is not None:
+        grad_hook(params)
+    optimizer.step()
+    return loss.detach()
+
+
+def fit_svi(
+    model: Callable,
+    guide: Callable,
+    data: Tensor,
+    *,
+    num_steps: int,
+    batch_size: int | None = None,
+    lr: float = 0.01,
+    final_lr_ratio: float = 0.1,
+    num_particles: int = 1,
+    elbo: ELBO | None = None,
+    seed: int | None = 0,
+    progress: bool = True,
+    grad_hook: Callable[[list[Tensor]], None] | None = None,
+    **model_kwargs,
+) -> SVIResult:
+    """Fit ``model`` and ``guide`` to ``data`` (N, D) by SVI with Adam.
+
+    :param batch_size: minibatch size B (``None``: the full data every step).
+    :param lr: Adam's initial learning rate, decayed geometrically to ``lr * final_lr_ratio``.
+    :param num_particles: K samples per step for the ELBO estimate, vectorised.
+    :param elbo: an ELBO instance; default :func:`make_elbo` chosen by :func:`uses_enumeration`.
+    :param model_kwargs: passed to both model and guide (the same signature).
+    :returns: the loss history; the fitted parameters are in Pyro's param store.
+    """
+    check_data(data)
+    num_data = data.shape[0]
+    if num_steps < 1:
+        raise ValueError(f"num_steps={num_steps} must be at least 1")
+    if batch_size is not None and not 1 <= batch_size <= num_data:
+        raise ValueError(f"batch_size={batch_size} must be between 1 and num_data={num_data}")
+    if num_particles < 1:
+        raise ValueError(f"num_particles={num_particles} must be at least 1")
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    generator = torch.Generator(device=data.device)
+    generator.manual_seed(0 if seed is None else seed)
+    batches = minibatches(num_data, batch_size, data.device, generator)
+
+    first = next(batches)
+    if elbo is None:
+        elbo = make_elbo(uses_enumeration(model, guide, data, subsample=first, **model_kwargs), num_particles)
+
+    def loss_fn(subsample: Tensor | None) -> Tensor:
+        return elbo.differentiable_loss(model, guide, data, subsample=subsample, **model_kwargs)
+
+    _, params = collect_params(loss_fn, first)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: final_lr_ratio ** (t / num_steps))
+    losses = torch.empty(num_steps, dtype=data.dtype, device=data.device)
+    log_every = max(1, num_steps // 20)
+    start = clock(data)
+    with pyro.validation_enabled(False):  # argument checks would sync with the host every step
+        bar = tqdm(range(num_steps), desc="SVI", disable=not progress, leave=False)
+        subsample = first
+        for step in bar:
+            losses[step] = svi_step(loss_fn, params, optimizer, subsample, grad_hook)
+            schedule.step()
+            subsample = next(batches)
+            if progress and (step + 1) % log_every == 0:
+                bar.set_postfix(elbo_per_datum=f"{-float(losses[step]) / num_data:.4f}")
+    seconds = clock(data) - start
+    return SVIResult(losses.cpu(), num_steps, seconds, type(elbo).__name__)
