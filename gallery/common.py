@@ -56,6 +56,12 @@ def data_plate(
     return pyro.plate("data", num_data, subsample_size=subsample_size, subsample=subsample, device=device)
 
 
+def fresh(tensor: Tensor) -> Tensor:
+    """A detached copy for Pyro's param store, which would otherwise adopt the caller's ``init``
+    tensor itself as the parameter and train it in place."""
+    return tensor.detach().clone()
+
+
 def check_data(data: Tensor, *, name: str = "data") -> Tensor:
     """Validate an observation matrix at a public entry point and return it unchanged.
 

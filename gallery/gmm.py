@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from gallery.common import data_plate, resolve_device, resolve_sizes
+from gallery.common import data_plate, fresh, resolve_device, resolve_sizes
 
 COVARIANCE_TYPES = ("full", "diag")
 
@@ -152,14 +152,14 @@ def global_params(
             return init_params(data, num_components, covariance_type)
         return prior_params(num_components, obs_dim, covariance_type, device, torch.get_default_dtype())
 
-    weights = pyro.param("weights", lambda: start().weights, constraint=constraints.simplex)
-    loc = pyro.param("loc", lambda: start().loc)
+    weights = pyro.param("weights", lambda: fresh(start().weights), constraint=constraints.simplex)
+    loc = pyro.param("loc", lambda: fresh(start().loc))
     if covariance_type == "full":
         scale_tril = pyro.param(
-            "scale_tril", lambda: start().scale_tril, constraint=constraints.lower_cholesky
+            "scale_tril", lambda: fresh(start().scale_tril), constraint=constraints.lower_cholesky
         )
         return GMMParams(weights, loc, scale_tril=scale_tril)
-    scale = pyro.param("scale", lambda: start().scale, constraint=constraints.positive)
+    scale = pyro.param("scale", lambda: fresh(start().scale), constraint=constraints.positive)
     return GMMParams(weights, loc, scale=scale)
 
 

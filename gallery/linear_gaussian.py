@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from gallery.common import data_plate, resolve_device, resolve_sizes
+from gallery.common import data_plate, fresh, resolve_device, resolve_sizes
 
 
 @dataclass(frozen=True)
@@ -116,10 +116,10 @@ def global_params(
             noise if isotropic else noise.expand(obs_dim).clone(),
         )
 
-    loc = pyro.param("loc", lambda: start().loc)
-    loading = pyro.param("loading", lambda: start().loading)
+    loc = pyro.param("loc", lambda: fresh(start().loc))
+    loading = pyro.param("loading", lambda: fresh(start().loading))
     noise_variance = pyro.param(
-        "noise_variance", lambda: start().noise_variance, constraint=constraints.positive
+        "noise_variance", lambda: fresh(start().noise_variance), constraint=constraints.positive
     )
     return LinearGaussianParams(loc, loading, noise_variance)
 

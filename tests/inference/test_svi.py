@@ -214,6 +214,19 @@ def test_minibatch_rows_match_between_model_and_guide():
     assert (wrong - exact_loc).abs().mean() > 0.5
 
 
+@pytest.mark.parametrize("name", list(CASES))
+def test_fit_leaves_the_initial_parameters_alone(name):
+    """Pyro's param store adopts an init tensor as the parameter itself; ours copies it, so the
+    caller's ``init`` (shared with EM and saved as the run's start) is not trained in place."""
+    module, exact, _, kwargs = CASES[name]
+    data = load("iris").data
+    init = _init(module, data, kwargs)
+    before = {k: v.clone() for k, v in vars(init).items() if v is not None}
+    fit_svi(module.model, exact, data, num_steps=5, progress=False, init=init, **kwargs)
+    for key, value in before.items():
+        assert torch.equal(getattr(init, key), value) and not getattr(init, key).requires_grad
+
+
 def test_minibatches_are_permutations_of_the_data():
     gen = torch.Generator().manual_seed(0)
     batches = minibatches(10, 3, torch.device("cpu"), gen)

@@ -1,0 +1,152 @@
+"""The guides: what each represents, how it indexes minibatches, and how it refuses misuse."""
+
+from __future__ import annotations
+
+import functools
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+
+import guides
+from gallery import factor_analysis, gmm, load, ppca
+from gallery.linear_gaussian import posterior
+from inference.evaluate import decompose
+from inference.svi import fit_svi
+from tests.conftest import known_gmm, known_linear_gaussian, sample_gmm, sample_linear_gaussian
+
+
+def _fixed(module, params):
+    """The model with its parameters held at ``params`` (hidden from the optimiser)."""
+    return poutine.block(functools.partial(module.model, init=params), hide_types=["param"])
+
+
+def test_amortised_full_covariance_learns_the_exact_posterior():
+    """An affine encoder with a full Cholesky factor can represent p(z|x) of factor analysis
+    exactly; trained with the model fixed its mean KL(q || p(z|x)) falls below 1e-3 nats per
+    datum (the fit is stochastic: 8 particles, 3,000 steps; measured ~1e-4)."""
+    truth = known_linear_gaussian(False)
+    data = sample_linear_gaussian(truth, 500)
+    guide = guides.AmortisedNormal(5, 2, covariance="full").double()
+    fit_svi(
+        _fixed(factor_analysis, truth),
+        guide,
+        data,
+        num_steps=3000,
+        lr=0.02,
+        final_lr_ratio=0.01,
+        num_particles=8,
+        progress=False,
+        latent_dim=2,
+    )
+    terms = decompose(guide, data, truth, latent_dim=2)
+    assert terms.kl.mean() < 1e-3
+
+
+def test_amortised_diagonal_cannot_and_keeps_a_gap():
+    """The same with a diagonal covariance: the posterior is correlated, so a gap remains, at
+    least the KL of the best factorised Gaussian, q_i = N(mu_i, 1 / Lambda_ii):
+    KL = 1/2 (log det Sigma + sum_i log Lambda_ii), Lambda = Sigma^{-1}."""
+    truth = known_linear_gaussian(False)
+    data = sample_linear_gaussian(truth, 500)
+    guide = guides.AmortisedNormal(5, 2, covariance="diag").double()
+    fit_svi(_fixed(factor_analysis, truth), guide, data, num_steps=500, lr=0.02, progress=False, latent_dim=2)
+    _, scale_tril = posterior(data, truth)
+    precision = torch.cholesky_inverse(scale_tril.T.contiguous(), upper=True)
+    best = 0.5 * (2 * scale_tril.diagonal().log().sum() + precision.diagonal().log().sum())
+    assert best > 1e-4
+    assert decompose(guide, data, truth, latent_dim=2).kl.min() >= best - 1e-10
+
+
+def test_amortised_categorical_learns_responsibilities():
+    """q(c|x) by a small network on well-separated clusters: mean KL to the exact
+    responsibilities below 0.05 nats after 500 steps (the responsibilities are near 0/1)."""
+    truth = known_gmm()
+    data = sample_gmm(truth, 600)
+    guide = guides.AmortisedCategorical(2, 3, hidden=(16,)).double()
+    fit_svi(_fixed(gmm, truth), guide, data, num_steps=500, lr=0.05, progress=False, num_components=3)
+    assert decompose(guide, data, truth, num_components=3).kl.mean() < 0.05
+
+
+def test_mean_field_rows_outside_the_batch_are_untouched():
+    """One minibatch step changes exactly the rows of the batch."""
+    data = load("iris").data
+    guide = guides.MeanFieldNormal(150, 2)
+    model = functools.partial(ppca.model, latent_dim=2)
+    elbo = Trace_ELBO()
+    batch = torch.tensor([0, 5, 9])
+    elbo.differentiable_loss(model, guide, data, subsample=batch)  # create the parameters
+    before = pyro.param("mean_field_loc").detach().clone()
+    loss = elbo.differentiable_loss(model, guide, data, subsample=batch)
+    loss.backward()
+    grad = pyro.get_param_store()._params["mean_field_loc"].grad
+    changed = grad.abs().sum(-1) > 0
+    assert changed.nonzero().flatten().tolist() == batch.tolist()
+    assert torch.equal(pyro.param("mean_field_loc").detach(), before)
+
+
+def test_mean_field_categorical_fits_responsibilities():
+    """Per-datum q(c_n) with the model fixed converges to p(c_n | x_n). The enumerated objective
+    is deterministic; what remains (measured 6e-4) is the slow march of the logits towards the
+    near-certain assignments of separated clusters, hence KL < 1e-3 per datum."""
+    truth = known_gmm()
+    data = sample_gmm(truth, 300)
+    guide = guides.MeanFieldCategorical(300, 3)
+    fit_svi(_fixed(gmm, truth), guide, data, num_steps=600, lr=0.5, progress=False, num_components=3)
+    assert decompose(guide, data, truth, num_components=3).kl.mean() < 1e-3
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: guides.MeanFieldNormal(150, 2),
+        lambda: guides.AmortisedNormal(4, 2).double(),
+        lambda: guides.AmortisedNormal(4, 2, covariance="full").double(),
+        lambda: guides.ppca_posterior,
+        lambda: guides.auto_normal(functools.partial(ppca.model, latent_dim=2)),
+    ],
+)
+def test_z_guides_work_with_vectorised_particles_and_minibatches(make, device):
+    data = load("iris").data.to(device)
+    guide = make()
+    if isinstance(guide, torch.nn.Module):
+        guide = guide.to(device)
+    result = fit_svi(
+        ppca.model, guide, data, num_steps=3, batch_size=16, num_particles=4, progress=False, latent_dim=2
+    )
+    assert result.losses.isfinite().all()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: guides.MeanFieldCategorical(150, 3),
+        lambda: guides.AmortisedCategorical(4, 3).double(),
+        lambda: guides.gmm_posterior,
+    ],
+)
+def test_c_guides_work_with_vectorised_particles_and_minibatches(make, device):
+    data = load("iris").data.to(device)
+    guide = make()
+    if isinstance(guide, torch.nn.Module):
+        guide = guide.to(device)
+    result = fit_svi(
+        gmm.model, guide, data, num_steps=3, batch_size=16, num_particles=4, progress=False, num_components=3
+    )
+    assert result.losses.isfinite().all() and result.elbo == "TraceEnum_ELBO"
+
+
+def test_guide_misuse_is_a_clear_error():
+    data = load("iris").data
+    with pytest.raises(ValueError, match=r"guide.to\(device=..., dtype=...\)"):
+        guides.AmortisedNormal(4, 2)(data)  # float32 weights, float64 data
+    with pytest.raises(ValueError, match="needs the data"):
+        guides.AmortisedCategorical(4, 3)()
+    with pytest.raises(ValueError, match="num_data=150"):
+        guides.MeanFieldNormal(150, 2)(data[:10])
+    with pytest.raises(ValueError, match="pass data="):
+        guides.ppca_posterior(latent_dim=2)
+    with pytest.raises(ValueError, match="covariance"):
+        guides.AmortisedNormal(4, 2, covariance="banded")
