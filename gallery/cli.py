@@ -57,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--latent-dim", type=int, default=defaults.latent_dim, help="p, size of z")
     run.add_argument("--num-steps", type=int, default=defaults.num_steps, help="SVI steps")
     run.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: all data)")
-    run.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate (decays 10x)")
+    run.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="Adam learning rate, decays 10x (default 0.05; 0.005 amortised)",
+    )
     run.add_argument(
         "--num-particles", type=int, default=defaults.num_particles, help="ELBO samples per step"
     )
@@ -68,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--em-iters", type=int, default=defaults.em_iters, help="maximum EM iterations")
     run.add_argument("--em-tol", type=float, default=defaults.em_tol, help="EM tolerance, nats per datum")
     run.add_argument("--standardize", action="store_true", help="z-score each column first (recorded)")
+    run.add_argument(
+        "--drop-constant-columns", action="store_true", help="drop columns with one value (recorded)"
+    )
     run.add_argument("--device", default=defaults.device, help="cpu or cuda")
     run.add_argument("--dtype", default=defaults.dtype, choices=list(DTYPES), help="for the data and SVI")
     run.add_argument("--seed", type=int, default=defaults.seed)
@@ -147,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         em_iters=args.em_iters,
         em_tol=args.em_tol,
         standardize=args.standardize,
+        drop_constant_columns=args.drop_constant_columns,
         device=args.device,
         dtype=args.dtype,
         seed=args.seed,

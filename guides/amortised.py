@@ -9,6 +9,7 @@ does not grow with N, and a new x gets its q from one forward pass.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro
@@ -34,6 +35,21 @@ def mlp(
         if i < len(sizes) - 2:
             layers.append(activation())
     return nn.Sequential(*layers)
+
+
+def _start_at_prior(last: nn.Linear, latent_dim: int, covariance: str) -> None:
+    """Zero the output layer so that q(z|x) starts at the prior N(0, I) for every x: the loc
+    outputs are 0 and the scale outputs are softplus^{-1}(1) on the diagonal, 0 elsewhere. A
+    random start on unscaled data can put q far out where the first steps overflow."""
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        unit = math.log(math.expm1(1.0))  # softplus(unit) = 1
+        if covariance == "diag":
+            last.bias[latent_dim:] = unit
+        else:
+            rows, cols = torch.tril_indices(latent_dim, latent_dim)
+            last.bias[latent_dim:][rows == cols] = unit
 
 
 class _Amortised(nn.Module):
@@ -78,6 +94,7 @@ class AmortisedNormal(_Amortised):
         self.latent_dim, self.covariance, self.name = latent_dim, covariance, name
         num_scale = latent_dim if covariance == "diag" else latent_dim * (latent_dim + 1) // 2
         self.net = mlp(obs_dim, latent_dim + num_scale, hidden, activation)
+        _start_at_prior(self.net[-1], latent_dim, covariance)
         self.register_buffer("_tril_rows", torch.tril_indices(latent_dim, latent_dim)[0], persistent=False)
         self.register_buffer("_tril_cols", torch.tril_indices(latent_dim, latent_dim)[1], persistent=False)
 

@@ -166,7 +166,19 @@ def fit_svi(
             losses[step] = svi_step(loss_fn, params, optimizer, subsample, grad_hook)
             schedule.step()
             subsample = next(batches)
-            if progress and (step + 1) % log_every == 0:
+            if (step + 1) % log_every == 0:  # one host sync every 5% of the run
+                _check_finite(losses, step)
                 bar.set_postfix(elbo_per_datum=f"{-float(losses[step]) / num_data:.4f}")
+    _check_finite(losses, num_steps - 1)
     seconds = clock(data) - start
     return SVIResult(losses.cpu(), num_steps, seconds, type(elbo).__name__)
+
+
+def _check_finite(losses: Tensor, step: int) -> None:
+    """Raise if any loss up to ``step`` is NaN or infinite, naming the first such step."""
+    bad = (~torch.isfinite(losses[: step + 1])).nonzero()
+    if len(bad):
+        raise ValueError(
+            f"SVI diverged: the loss is not finite at step {int(bad[0])}; lower the learning rate, "
+            "or check the data for constant columns or duplicated points (a variance can collapse to 0)"
+        )

@@ -181,6 +181,8 @@ BAD = [
     pytest.param(["gmm", "--lr", "-1"], "--lr must be a positive number", id="negative-lr"),
     pytest.param(["gmm", "--lr", "nan"], "--lr must be a positive number", id="nan-lr"),
     pytest.param(["gmm", "--em-tol", "nan"], "--em-tol", id="nan-em-tol"),
+    pytest.param(["gmm", "--data", "digits"], "--drop-constant-columns", id="gmm-constant-columns"),
+    pytest.param(["factor-analysis", "--data", "digits"], "are constant", id="fa-constant-columns"),
 ]
 
 
@@ -217,6 +219,16 @@ def test_out_inside_a_file(tmp_path, capsys, no_compute):
     (tmp_path / "file").write_bytes(b"x")
     assert main(["run", "gmm", *TINY, "--out", str(tmp_path / "file" / "out")]) == 2
     assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_preprocessing_flags_are_applied_and_recorded(tmp_path):
+    """--drop-constant-columns and --standardize change the data and say so in metrics.json."""
+    out = tmp_path / "out"
+    argv = ["run", "factor-analysis", "--data", "digits", "--latent-dim", "3", *TINY, "--out", str(out)]
+    assert main([*argv, "--drop-constant-columns", "--standardize"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["preprocessing"] == "drop-constant-columns(3)+standardize"
+    assert metrics["obs_dim"] == 61 and math.isfinite(metrics["log_likelihood_per_datum"])
 
 
 def test_rerun_replaces_metrics_and_leaves_no_temporaries(tmp_path):

@@ -268,6 +268,21 @@ def test_bad_arguments_are_clear_errors():
         fit_svi(ppca.model, guides.ppca_posterior, data * float("nan"), num_steps=1, latent_dim=2)
 
 
+def test_divergence_is_an_error_naming_the_step():
+    """An absurd learning rate makes the loss non-finite; the run stops with the step."""
+    data = load("iris").data
+    with pytest.raises(ValueError, match=r"not finite at step \d+"):
+        fit_svi(
+            factor_analysis.model,
+            guides.MeanFieldNormal(150, 2),
+            data,
+            num_steps=200,
+            lr=1e6,
+            progress=False,
+            latent_dim=2,
+        )
+
+
 def test_svi_on_device_without_host_sync(device):
     """On CUDA the steps after the first run with synchronisation debugging set to "error":
     any host sync in the step (an .item(), a validation check) would raise."""
