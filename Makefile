@@ -8,12 +8,12 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 MODELS := gmm factor-analysis ppca
+GUIDE ?= exact
 
 .PHONY: setup run test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $@
@@ -22,11 +22,11 @@ setup: $(VENV)/.installed
 
 run: setup
 	@for model in $(MODELS); do \
-		$(BIN)/python -m gallery run $$model --data iris --out runs/$$model || exit 1; \
+		$(BIN)/python -m gallery run $$model --data iris --guide $(GUIDE) --out runs/$$model || exit 1; \
 	done
 
 test: setup
-	$(BIN)/ruff check gallery guides inference tests bench
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 clean:

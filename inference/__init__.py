@@ -1,0 +1,40 @@
+"""Inference: the SVI loop, exact EM and closed forms, and evaluation against exact answers."""
+
+from inference.em import (
+    EMResult,
+    em_gmm,
+    em_linear_gaussian,
+    gmm_e_step,
+    gmm_m_step,
+    linear_gaussian_e_step,
+    linear_gaussian_m_step,
+    ppca_closed_form,
+    ppca_max_log_likelihood,
+    run_em,
+)
+from inference.evaluate import BoundDecomposition, decompose, elbo, gaussian_kl, log_likelihood
+from inference.svi import SVIResult, collect_params, fit_svi, make_elbo, minibatches, svi_step
+
+__all__ = [
+    "BoundDecomposition",
+    "EMResult",
+    "SVIResult",
+    "collect_params",
+    "decompose",
+    "elbo",
+    "em_gmm",
+    "em_linear_gaussian",
+    "fit_svi",
+    "gaussian_kl",
+    "gmm_e_step",
+    "gmm_m_step",
+    "linear_gaussian_e_step",
+    "linear_gaussian_m_step",
+    "log_likelihood",
+    "make_elbo",
+    "minibatches",
+    "ppca_closed_form",
+    "ppca_max_log_likelihood",
+    "run_em",
+    "svi_step",
+]

@@ -158,9 +158,6 @@ def em_linear_gaussian(data: Tensor, init: LinearGaussianParams, **kwargs) -> EM
     )
 
 
-em_factor_analysis = em_linear_gaussian
-em_ppca = em_linear_gaussian
-
 
 def ppca_closed_form(data: Tensor, latent_dim: int) -> LinearGaussianParams:
     """PPCA's maximum-likelihood parameters (Tipping and Bishop 1999, eq. 7-8):
