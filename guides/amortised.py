@@ -9,13 +9,13 @@ does not grow with N, and a new x gets its q from one forward pass.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
+from torch.distributions import Transform, constraints
 from torch.nn.functional import softplus
 
 from gallery.common import data_plate
@@ -37,19 +37,40 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-def _start_at_prior(last: nn.Linear, latent_dim: int, covariance: str) -> None:
-    """Zero the output layer so that q(z|x) starts at the prior N(0, I) for every x: the loc
-    outputs are 0 and the scale outputs are softplus^{-1}(1) on the diagonal, 0 elsewhere. A
-    random start on unscaled data can put q far out where the first steps overflow."""
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.zero_()
-        unit = math.log(math.expm1(1.0))  # softplus(unit) = 1
-        if covariance == "diag":
-            last.bias[latent_dim:] = unit
-        else:
-            rows, cols = torch.tril_indices(latent_dim, latent_dim)
-            last.bias[latent_dim:][rows == cols] = unit
+def full_covariance_normal(loc: Tensor, scale_tril: Tensor) -> dist.TransformedDistribution:
+    """N(loc, L L^T) as z = loc + L eps, eps ~ N(0, I), with the transform caching eps.
+
+    The density of its own sample is then log N(eps; 0, I) - sum log diag L, exactly, instead of
+    a triangular solve of L against z - loc. With an ill-conditioned L from a network early in
+    training that solve loses all precision and returns huge finite log q values, which the
+    optimiser then exploits (seen on the digits: ELBO estimates of +1e160 within 5 steps).
+    Value and gradient are otherwise those of ``MultivariateNormal(loc, scale_tril=L)``."""
+    base = dist.Normal(torch.zeros_like(loc), 1.0).to_event(1)
+    return dist.TransformedDistribution(base, [CholeskyAffine(loc, scale_tril)])
+
+
+class CholeskyAffine(Transform):
+    """x -> loc + scale_tril @ x for batches: loc (..., p), scale_tril (..., p, p) lower
+    triangular with a positive diagonal. Caches its last (x, y) pair."""
+
+    domain = constraints.real_vector
+    codomain = constraints.real_vector
+    bijective = True
+
+    def __init__(self, loc: Tensor, scale_tril: Tensor):
+        super().__init__(cache_size=1)
+        self.loc, self.scale_tril = loc, scale_tril
+
+    def _call(self, x: Tensor) -> Tensor:
+        return self.loc + (self.scale_tril @ x.unsqueeze(-1)).squeeze(-1)
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        shifted = (y - self.loc).unsqueeze(-1)
+        return torch.linalg.solve_triangular(self.scale_tril, shifted, upper=False).squeeze(-1)
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        log_det = self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return log_det.expand(torch.broadcast_shapes(log_det.shape, x.shape[:-1]))
 
 
 class _Amortised(nn.Module):
@@ -94,7 +115,6 @@ class AmortisedNormal(_Amortised):
         self.latent_dim, self.covariance, self.name = latent_dim, covariance, name
         num_scale = latent_dim if covariance == "diag" else latent_dim * (latent_dim + 1) // 2
         self.net = mlp(obs_dim, latent_dim + num_scale, hidden, activation)
-        _start_at_prior(self.net[-1], latent_dim, covariance)
         self.register_buffer("_tril_rows", torch.tril_indices(latent_dim, latent_dim)[0], persistent=False)
         self.register_buffer("_tril_cols", torch.tril_indices(latent_dim, latent_dim)[1], persistent=False)
 
@@ -108,7 +128,7 @@ class AmortisedNormal(_Amortised):
         tril[..., self._tril_rows, self._tril_cols] = raw
         diag = tril.diagonal(dim1=-2, dim2=-1)
         scale_tril = tril - torch.diag_embed(diag) + torch.diag_embed(softplus(diag))
-        return dist.MultivariateNormal(loc, scale_tril=scale_tril)
+        return full_covariance_normal(loc, scale_tril)
 
     def forward(
         self,

@@ -158,7 +158,6 @@ def em_linear_gaussian(data: Tensor, init: LinearGaussianParams, **kwargs) -> EM
     )
 
 
-
 def ppca_closed_form(data: Tensor, latent_dim: int) -> LinearGaussianParams:
     """PPCA's maximum-likelihood parameters (Tipping and Bishop 1999, eq. 7-8):
     loc = mean, sigma^2 = mean of the d - p smallest eigenvalues of the 1/N sample covariance S,

@@ -17,6 +17,7 @@ from gallery import gmm, linear_gaussian
 from gallery.common import check_data
 from gallery.gmm import GMMParams
 from gallery.linear_gaussian import LinearGaussianParams
+from guides.amortised import CholeskyAffine
 from inference.svi import make_elbo, uses_enumeration
 
 
@@ -135,6 +136,10 @@ def _gaussian_parts(q: dist.Distribution) -> tuple[Tensor, Tensor]:
     """loc (N, p) and scale_tril (N, p, p) of a Gaussian guide distribution."""
     if isinstance(q, dist.MultivariateNormal):
         return q.loc, q.scale_tril.expand(*q.loc.shape, q.loc.shape[-1])
+    if isinstance(q, dist.TransformedDistribution) and len(q.transforms) == 1:
+        affine = q.transforms[0]  # guides.amortised.full_covariance_normal
+        if isinstance(affine, CholeskyAffine):
+            return affine.loc, affine.scale_tril.expand(*affine.loc.shape, affine.loc.shape[-1])
     if isinstance(q, dist.Independent) and isinstance(q.base_dist, dist.Normal):
         return q.base_dist.loc, torch.diag_embed(q.base_dist.scale.expand_as(q.base_dist.loc))
     raise ValueError(f"q(z|x) must be Gaussian for the decomposition, got {type(q).__name__}")

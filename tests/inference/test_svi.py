@@ -268,6 +268,7 @@ def test_bad_arguments_are_clear_errors():
         fit_svi(ppca.model, guides.ppca_posterior, data * float("nan"), num_steps=1, latent_dim=2)
 
 
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
 def test_divergence_is_an_error_naming_the_step():
     """An absurd learning rate makes the loss non-finite; the run stops with the step."""
     data = load("iris").data
