@@ -74,9 +74,17 @@ class CholeskyAffine(Transform):
 
 
 class _Amortised(nn.Module):
-    """Common checks: the guide needs data on the network's device and dtype."""
+    """Checks the data against the network, registers it, and samples the site for the rows of
+    the model's data plate from the encoded x."""
 
-    def _check(self, data: Tensor | None) -> Tensor:
+    def forward(
+        self,
+        data: Tensor | None = None,
+        *,
+        subsample: Tensor | None = None,
+        subsample_size: int | None = None,
+        **model_kwargs,
+    ) -> None:
         if data is None:
             raise ValueError(f"{type(self).__name__} needs the data (N, D) to encode; pass data=")
         weight = next(self.parameters())
@@ -85,7 +93,12 @@ class _Amortised(nn.Module):
                 f"{type(self).__name__} has {weight.dtype} weights on {weight.device} but the data is "
                 f"{data.dtype} on {data.device}; call guide.to(device=..., dtype=...) first"
             )
-        return data
+        pyro.module(self.name, self)
+        with data_plate(data.shape[0], subsample, subsample_size, data.device) as ind:
+            self._sample(data[ind])
+
+    def _sample(self, x: Tensor) -> None:
+        raise NotImplementedError
 
 
 class AmortisedNormal(_Amortised):
@@ -130,18 +143,8 @@ class AmortisedNormal(_Amortised):
         scale_tril = tril - torch.diag_embed(diag) + torch.diag_embed(softplus(diag))
         return full_covariance_normal(loc, scale_tril)
 
-    def forward(
-        self,
-        data: Tensor | None = None,
-        *,
-        subsample: Tensor | None = None,
-        subsample_size: int | None = None,
-        **model_kwargs,
-    ) -> None:
-        data = self._check(data)
-        pyro.module(self.name, self)
-        with data_plate(data.shape[0], subsample, subsample_size, data.device) as ind:
-            pyro.sample("z", self.encode(data[ind]))
+    def _sample(self, x: Tensor) -> None:
+        pyro.sample("z", self.encode(x))
 
 
 class AmortisedCategorical(_Amortised):
@@ -166,16 +169,6 @@ class AmortisedCategorical(_Amortised):
         self.name = name
         self.net = mlp(obs_dim, num_components, hidden, activation)
 
-    def forward(
-        self,
-        data: Tensor | None = None,
-        *,
-        subsample: Tensor | None = None,
-        subsample_size: int | None = None,
-        **model_kwargs,
-    ) -> None:
-        data = self._check(data)
-        pyro.module(self.name, self)
-        with data_plate(data.shape[0], subsample, subsample_size, data.device) as ind:
-            logits = self.net(data[ind])  # (B, K)
-            pyro.sample("c", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
+    def _sample(self, x: Tensor) -> None:
+        logits = self.net(x)  # (B, K)
+        pyro.sample("c", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})

@@ -14,16 +14,35 @@ import pyro.distributions as dist
 from torch import Tensor
 from torch.distributions import constraints
 
-from gallery.common import data_plate, resolve_device
+from gallery.common import data_plate
 
 
-def _require_data(data: Tensor | None, guide: str) -> Tensor:
-    if data is None:
-        raise ValueError(f"{guide} needs the data (N, D) it describes; pass data=")
-    return data
+class _MeanField:
+    """Checks the data, opens the model's data plate, and samples the site for its rows."""
+
+    def __init__(self, num_data: int, name: str):
+        self.num_data, self.name = num_data, name
+
+    def __call__(
+        self,
+        data: Tensor | None = None,
+        *,
+        subsample: Tensor | None = None,
+        subsample_size: int | None = None,
+        **model_kwargs,
+    ) -> None:
+        if data is None:
+            raise ValueError(f"{type(self).__name__} needs the data (N, D) it describes; pass data=")
+        if data.shape[0] != self.num_data:
+            raise ValueError(f"guide built for num_data={self.num_data}, data has {data.shape[0]} rows")
+        with data_plate(self.num_data, subsample, subsample_size, data.device) as ind:
+            self._sample(data, ind)
+
+    def _sample(self, data: Tensor, ind: Tensor) -> None:
+        raise NotImplementedError
 
 
-class MeanFieldNormal:
+class MeanFieldNormal(_MeanField):
     """q(z_n) = N(loc_n, diag(scale_n^2)) for the site ``z`` of a continuous-latent model.
 
     :param num_data: N, the number of rows of the data this guide will see.
@@ -32,19 +51,10 @@ class MeanFieldNormal:
     """
 
     def __init__(self, num_data: int, latent_dim: int, *, init_scale: float = 1.0, name: str = "mean_field"):
-        self.num_data, self.latent_dim, self.init_scale, self.name = num_data, latent_dim, init_scale, name
+        super().__init__(num_data, name)
+        self.latent_dim, self.init_scale = latent_dim, init_scale
 
-    def __call__(
-        self,
-        data: Tensor | None = None,
-        *,
-        subsample: Tensor | None = None,
-        subsample_size: int | None = None,
-        **model_kwargs,
-    ) -> None:
-        data = _require_data(data, type(self).__name__)
-        if data.shape[0] != self.num_data:
-            raise ValueError(f"guide built for num_data={self.num_data}, data has {data.shape[0]} rows")
+    def _sample(self, data: Tensor, ind: Tensor) -> None:
         shape = (self.num_data, self.latent_dim)
         loc = pyro.param(f"{self.name}_loc", lambda: data.new_zeros(shape))
         scale = pyro.param(
@@ -52,17 +62,10 @@ class MeanFieldNormal:
             lambda: data.new_full(shape, self.init_scale),
             constraint=constraints.positive,
         )
-        with data_plate(self.num_data, subsample, subsample_size, resolve_device(data, None)) as ind:
-            pyro.sample("z", dist.Normal(loc[ind], scale[ind]).to_event(1))
-
-    def distribution(self, ind: Tensor | None = None) -> dist.Distribution:
-        """q(z_n) of the rows ``ind`` (default all), batch shape (B,), from the param store."""
-        loc, scale = pyro.param(f"{self.name}_loc"), pyro.param(f"{self.name}_scale")
-        ind = slice(None) if ind is None else ind
-        return dist.Normal(loc[ind], scale[ind]).to_event(1)
+        pyro.sample("z", dist.Normal(loc[ind], scale[ind]).to_event(1))
 
 
-class MeanFieldCategorical:
+class MeanFieldCategorical(_MeanField):
     """q(c_n) = Categorical(softmax(logits_n)) for the assignment site ``c`` of the mixture,
     enumerated in parallel so that ``TraceEnum_ELBO`` takes the expectation over c exactly.
 
@@ -71,22 +74,9 @@ class MeanFieldCategorical:
     """
 
     def __init__(self, num_data: int, num_components: int, *, name: str = "mean_field"):
-        self.num_data, self.num_components, self.name = num_data, num_components, name
+        super().__init__(num_data, name)
+        self.num_components = num_components
 
-    def __call__(
-        self,
-        data: Tensor | None = None,
-        *,
-        subsample: Tensor | None = None,
-        subsample_size: int | None = None,
-        **model_kwargs,
-    ) -> None:
-        data = _require_data(data, type(self).__name__)
-        if data.shape[0] != self.num_data:
-            raise ValueError(f"guide built for num_data={self.num_data}, data has {data.shape[0]} rows")
+    def _sample(self, data: Tensor, ind: Tensor) -> None:
         logits = pyro.param(f"{self.name}_logits", lambda: data.new_zeros(self.num_data, self.num_components))
-        with data_plate(self.num_data, subsample, subsample_size, resolve_device(data, None)) as ind:
-            pyro.sample("c", dist.Categorical(logits=logits[ind]), infer={"enumerate": "parallel"})
-
-
-__all__ = ["MeanFieldCategorical", "MeanFieldNormal"]
+        pyro.sample("c", dist.Categorical(logits=logits[ind]), infer={"enumerate": "parallel"})
