@@ -40,6 +40,16 @@ GUIDES = {
 }
 
 
+def check_guide(model_name: str, guide_name: str) -> None:
+    """Raise ``ValueError`` unless ``guide_name`` is a guide that fits ``model_name``."""
+    if model_name not in MODELS:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(MODELS)}")
+    if guide_name not in GUIDES:
+        raise ValueError(f"unknown guide {guide_name!r}; choose one of {', '.join(GUIDES)}")
+    if guide_name == "amortised-full" and MODELS[model_name].latent == "c":
+        raise ValueError("guide 'amortised-full' is for continuous z; for gmm use 'amortised'")
+
+
 def make_guide(
     model_name: str,
     guide_name: str,
@@ -53,9 +63,8 @@ def make_guide(
     model_kwargs: dict,
 ) -> Callable:
     """Build guide ``guide_name`` for ``model_name``; ``size`` is K (mixture) or p (z models)."""
+    check_guide(model_name, guide_name)
     spec = MODELS[model_name]
-    if guide_name not in GUIDES:
-        raise ValueError(f"unknown guide {guide_name!r}; choose one of {', '.join(GUIDES)}")
     discrete = spec.latent == "c"
     if guide_name == "exact":
         return spec.exact_guide
@@ -65,8 +74,6 @@ def make_guide(
     if guide_name == "auto-normal":
         model = functools.partial(spec.module.model, **model_kwargs)
         return guides.auto_normal(poutine.block(model, hide=["c"]) if discrete else model)
-    if discrete and guide_name == "amortised-full":
-        raise ValueError("guide 'amortised-full' is for continuous z; for gmm use 'amortised'")
     if discrete:
         net = guides.AmortisedCategorical(obs_dim, size, hidden=hidden)
     else:

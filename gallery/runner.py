@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from gallery import datasets
-from gallery.registry import GUIDES, MODELS, make_guide
+from gallery.registry import MODELS, check_guide, make_guide
 from inference import evaluate
 from inference.em import EMResult, ppca_max_log_likelihood
 from inference.svi import SVIResult, fit_svi
@@ -58,12 +58,7 @@ class Prepared:
 
 def prepare(config: RunConfig) -> Prepared:
     """Load and check everything; raises ``ValueError`` with what to change."""
-    if config.model not in MODELS:
-        raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(MODELS)}")
-    if config.guide not in GUIDES:
-        raise ValueError(f"unknown guide {config.guide!r}; choose one of {', '.join(GUIDES)}")
-    if config.guide == "amortised-full" and config.model == "gmm":
-        raise ValueError("guide 'amortised-full' is for continuous z; for gmm use 'amortised'")
+    check_guide(config.model, config.guide)
     if config.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
     device = _check_device(config.device)
