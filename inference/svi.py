@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
+from pyro.infer import ELBO
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from gallery.common import check_data, clock
+from inference.elbo import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
 
 MAX_PLATE_NESTING = 1  # every gallery model has one plate, "data"
 
@@ -52,9 +53,10 @@ def uses_enumeration(model: Callable, guide: Callable, *args, **kwargs) -> bool:
 
 
 def make_elbo(enumerate_discrete: bool, num_particles: int = 1) -> ELBO:
-    """``TraceEnum_ELBO`` where a discrete site is enumerated, else ``Trace_ELBO``; particles
-    are vectorised over a plate left of the data plate."""
-    cls = TraceEnum_ELBO if enumerate_discrete else Trace_ELBO
+    """``TraceEnum_ELBO`` where a discrete site is enumerated, else ``Trace_ELBO`` (in their
+    sync-free form, :mod:`inference.elbo`); particles are vectorised over a plate left of the
+    data plate."""
+    cls = DeviceTraceEnum_ELBO if enumerate_discrete else DeviceTrace_ELBO
     return cls(
         num_particles=num_particles,
         vectorize_particles=num_particles > 1,
@@ -171,7 +173,7 @@ def fit_svi(
                 bar.set_postfix(elbo_per_datum=f"{-float(losses[step]) / num_data:.4f}")
     _check_finite(losses, num_steps - 1)
     seconds = clock(data) - start
-    return SVIResult(losses.cpu(), num_steps, seconds, type(elbo).__name__)
+    return SVIResult(losses.cpu(), num_steps, seconds, getattr(elbo, "estimator", type(elbo).__name__))
 
 
 def _check_finite(losses: Tensor, step: int) -> None:
