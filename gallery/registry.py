@@ -11,7 +11,7 @@ import torch
 from pyro import poutine
 
 import guides
-from gallery import factor_analysis, gmm, ppca
+from gallery import factor_analysis, gmm, linear_gaussian, ppca
 from inference import em
 
 
@@ -54,29 +54,43 @@ def make_guide(
     model_name: str,
     guide_name: str,
     *,
-    num_data: int,
-    obs_dim: int,
+    data: torch.Tensor,
+    init,
     size: int,
     hidden: tuple[int, ...] = (),
-    device: torch.device,
-    dtype: torch.dtype,
     model_kwargs: dict,
 ) -> Callable:
-    """Build guide ``guide_name`` for ``model_name``; ``size`` is K (mixture) or p (z models)."""
+    """Build guide ``guide_name`` for ``model_name`` on ``data`` (N, D) with the model starting at
+    ``init``; ``size`` is K (mixture) or p (z models)."""
     check_guide(model_name, guide_name)
     spec = MODELS[model_name]
     discrete = spec.latent == "c"
     if guide_name == "exact":
         return spec.exact_guide
     if guide_name == "mean-field":
-        cls = guides.MeanFieldCategorical if discrete else guides.MeanFieldNormal
-        return cls(num_data, size)
+        return mean_field_at_e_step(spec, data, init)
     if guide_name == "auto-normal":
         model = functools.partial(spec.module.model, **model_kwargs)
         return guides.auto_normal(poutine.block(model, hide=["c"]) if discrete else model)
+    obs_dim = data.shape[1]
     if discrete:
         net = guides.AmortisedCategorical(obs_dim, size, hidden=hidden)
     else:
         covariance = "full" if guide_name == "amortised-full" else "diag"
         net = guides.AmortisedNormal(obs_dim, size, hidden=hidden, covariance=covariance)
-    return net.to(device=device, dtype=dtype)
+    return net.to(device=data.device, dtype=data.dtype)
+
+
+def mean_field_at_e_step(spec: ModelSpec, data: torch.Tensor, init) -> Callable:
+    """A mean-field guide starting where EM's first E-step starts: at the best factorised q for
+    the initial parameters. For the mixture that is the responsibilities; for z the posterior
+    means with variances 1 / Lambda_ii (Bishop 2006, sec. 10.1.2), Lambda the posterior
+    precision. A uniform start instead lets all components drift to the data mean first."""
+    num_data = data.shape[0]
+    if spec.latent == "c":
+        logits = gmm.log_responsibilities(data, init.to(data.dtype))
+        return guides.MeanFieldCategorical(num_data, init.num_components, init_logits=logits)
+    loc, scale_tril = linear_gaussian.posterior(data, init.to(data.dtype))
+    precision = torch.cholesky_inverse(scale_tril.T.contiguous(), upper=True)
+    scale = precision.diagonal().rsqrt().expand_as(loc)
+    return guides.MeanFieldNormal(num_data, init.latent_dim, init_loc=loc, init_scale=scale)

@@ -159,12 +159,10 @@ def fit(prepared: Prepared) -> RunResult:
     guide = make_guide(
         config.model,
         config.guide,
-        num_data=num_data,
-        obs_dim=obs_dim,
+        data=data,
+        init=init,
         size=config.components if config.model == "gmm" else config.latent_dim,
         hidden=config.hidden,
-        device=data.device,
-        dtype=data.dtype,
         model_kwargs=kwargs,
     )
     svi_result = fit_svi(

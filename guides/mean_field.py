@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
+import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from gallery.common import data_plate
+from gallery.common import data_plate, fresh
 
 
 class _MeanField:
@@ -47,19 +48,33 @@ class MeanFieldNormal(_MeanField):
 
     :param num_data: N, the number of rows of the data this guide will see.
     :param latent_dim: p, the size of each z_n.
-    :param init_scale: the starting standard deviation of every factor.
+    :param init_loc: (N, p) starting means; default 0, the prior's.
+    :param init_scale: (N, p) starting standard deviations, or one number; default 1.
     """
 
-    def __init__(self, num_data: int, latent_dim: int, *, init_scale: float = 1.0, name: str = "mean_field"):
+    def __init__(
+        self,
+        num_data: int,
+        latent_dim: int,
+        *,
+        init_loc: Tensor | None = None,
+        init_scale: Tensor | float = 1.0,
+        name: str = "mean_field",
+    ):
         super().__init__(num_data, name)
-        self.latent_dim, self.init_scale = latent_dim, init_scale
+        self.latent_dim, self.init_loc, self.init_scale = latent_dim, init_loc, init_scale
 
     def _sample(self, data: Tensor, ind: Tensor) -> None:
         shape = (self.num_data, self.latent_dim)
-        loc = pyro.param(f"{self.name}_loc", lambda: data.new_zeros(shape))
+        loc = pyro.param(
+            f"{self.name}_loc",
+            lambda: data.new_zeros(shape) if self.init_loc is None else fresh(self.init_loc),
+        )
         scale = pyro.param(
             f"{self.name}_scale",
-            lambda: data.new_full(shape, self.init_scale),
+            lambda: fresh(
+                torch.as_tensor(self.init_scale, dtype=data.dtype, device=data.device).expand(shape)
+            ),
             constraint=constraints.positive,
         )
         pyro.sample("z", dist.Normal(loc[ind], scale[ind]).to_event(1))
@@ -71,12 +86,24 @@ class MeanFieldCategorical(_MeanField):
 
     :param num_data: N, the number of rows of the data this guide will see.
     :param num_components: K.
+    :param init_logits: (N, K) starting logits; default 0 (uniform q).
     """
 
-    def __init__(self, num_data: int, num_components: int, *, name: str = "mean_field"):
+    def __init__(
+        self,
+        num_data: int,
+        num_components: int,
+        *,
+        init_logits: Tensor | None = None,
+        name: str = "mean_field",
+    ):
         super().__init__(num_data, name)
-        self.num_components = num_components
+        self.num_components, self.init_logits = num_components, init_logits
 
     def _sample(self, data: Tensor, ind: Tensor) -> None:
-        logits = pyro.param(f"{self.name}_logits", lambda: data.new_zeros(self.num_data, self.num_components))
+        shape = (self.num_data, self.num_components)
+        logits = pyro.param(
+            f"{self.name}_logits",
+            lambda: data.new_zeros(shape) if self.init_logits is None else fresh(self.init_logits),
+        )
         pyro.sample("c", dist.Categorical(logits=logits[ind]), infer={"enumerate": "parallel"})
