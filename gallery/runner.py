@@ -141,6 +141,7 @@ def fit(prepared: Prepared) -> RunResult:
     config, data, kwargs = prepared.config, prepared.data, prepared.model_kwargs
     spec = MODELS[config.model]
     start = time.perf_counter()
+    pyro.set_rng_seed(config.seed)  # networks are initialised from the global generator
     generator = torch.Generator().manual_seed(config.seed)
     if config.model == "gmm":
         init = spec.module.init_params(data, config.components, config.covariance_type, generator=generator)
