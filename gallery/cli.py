@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit one model by SVI and by exact EM from the same start",
         description="Fit MODEL by SVI with --guide and by exact EM from the same initial "
         "parameters; write DIR/metrics.json, DIR/params.pt and DIR/training_curve.png.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run.add_argument("model", choices=list(MODELS), metavar="MODEL", help=", ".join(MODELS))
     defaults = RunConfig(model="gmm")
@@ -53,15 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default=defaults.data, help="bundled name (iris, digits) or a .npy/.npz/.csv path"
     )
     run.add_argument("--components", type=int, default=defaults.components, help="K, mixture components")
-    run.add_argument("--covariance-type", default=defaults.covariance_type, choices=["full", "diag"])
+    run.add_argument(
+        "--covariance-type",
+        default=defaults.covariance_type,
+        choices=["full", "diag"],
+        help="mixture covariances",
+    )
     run.add_argument("--latent-dim", type=int, default=defaults.latent_dim, help="p, size of z")
     run.add_argument("--num-steps", type=int, default=defaults.num_steps, help="SVI steps")
-    run.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: all data)")
+    run.add_argument("--batch-size", type=int, default=None, help="minibatch size; None: all the data every step")
     run.add_argument(
         "--lr",
         type=float,
         default=None,
-        help="Adam learning rate, decays 10x (default 0.05; 0.005 amortised)",
+        help="Adam learning rate, decays 10x; None: 0.05, or 0.005 for amortised guides",
     )
     run.add_argument(
         "--num-particles", type=int, default=defaults.num_particles, help="ELBO samples per step"
@@ -69,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--eval-particles", type=int, default=defaults.eval_particles, help="samples for the final ELBO"
     )
-    run.add_argument("--hidden", type=_hidden, default=(), help="amortised encoder hidden sizes, e.g. 64,64")
+    run.add_argument("--hidden", type=_hidden, default=(), help="amortised encoder hidden sizes, e.g. 64,64; (): affine")
     run.add_argument("--em-iters", type=int, default=defaults.em_iters, help="maximum EM iterations")
     run.add_argument("--em-tol", type=float, default=defaults.em_tol, help="EM tolerance, nats per datum")
     run.add_argument("--standardize", action="store_true", help="z-score each column first (recorded)")
@@ -78,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--device", default=defaults.device, help="cpu or cuda")
     run.add_argument("--dtype", default=defaults.dtype, choices=list(DTYPES), help="for the data and SVI")
-    run.add_argument("--seed", type=int, default=defaults.seed)
-    run.add_argument("--out", type=Path, default=None, help="output folder (default runs/MODEL)")
+    run.add_argument(
+        "--seed", type=int, default=defaults.seed, help="for initial parameters, networks, minibatches"
+    )
+    run.add_argument("--out", type=Path, default=None, help="output folder; None: runs/MODEL")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
