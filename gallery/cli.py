@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--latent-dim", type=int, default=defaults.latent_dim, help="p, size of z")
     run.add_argument("--num-steps", type=int, default=defaults.num_steps, help="SVI steps")
-    run.add_argument("--batch-size", type=int, default=None, help="minibatch size; None: all the data every step")
+    run.add_argument(
+        "--batch-size", type=int, default=None, help="minibatch size; None: all the data every step"
+    )
     run.add_argument(
         "--lr",
         type=float,
@@ -75,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--eval-particles", type=int, default=defaults.eval_particles, help="samples for the final ELBO"
     )
-    run.add_argument("--hidden", type=_hidden, default=(), help="amortised encoder hidden sizes, e.g. 64,64; (): affine")
+    run.add_argument(
+        "--hidden", type=_hidden, default=(), help="amortised encoder hidden sizes, e.g. 64,64; (): affine"
+    )
     run.add_argument("--em-iters", type=int, default=defaults.em_iters, help="maximum EM iterations")
     run.add_argument("--em-tol", type=float, default=defaults.em_tol, help="EM tolerance, nats per datum")
     run.add_argument("--standardize", action="store_true", help="z-score each column first (recorded)")
