@@ -159,11 +159,16 @@ def current_params() -> LinearGaussianParams:
     )
 
 
-def _precision_cholesky(params: LinearGaussianParams) -> tuple[Tensor, Tensor]:
-    """``(L, A)`` with L the (p, p) Cholesky factor of M = I + W^T Psi^{-1} W and A = W^T Psi^{-1}."""
+def posterior_precision(params: LinearGaussianParams) -> Tensor:
+    """(p, p) precision M = I + W^T Psi^{-1} W of p(z_n | x_n), the same for every n."""
     weighted = params.loading.T / params.psi  # (p, d)
     eye = torch.eye(params.latent_dim, dtype=weighted.dtype, device=weighted.device)
-    return torch.linalg.cholesky(eye + weighted @ params.loading), weighted
+    return eye + weighted @ params.loading
+
+
+def _precision_cholesky(params: LinearGaussianParams) -> tuple[Tensor, Tensor]:
+    """``(L, A)`` with L the (p, p) Cholesky factor of M = I + W^T Psi^{-1} W and A = W^T Psi^{-1}."""
+    return torch.linalg.cholesky(posterior_precision(params)), params.loading.T / params.psi
 
 
 def posterior(data: Tensor, params: LinearGaussianParams) -> tuple[Tensor, Tensor]:

@@ -90,7 +90,7 @@ def mean_field_at_e_step(spec: ModelSpec, data: torch.Tensor, init) -> Callable:
     if spec.latent == "c":
         logits = gmm.log_responsibilities(data, init.to(data.dtype))
         return guides.MeanFieldCategorical(num_data, init.num_components, init_logits=logits)
-    loc, scale_tril = linear_gaussian.posterior(data, init.to(data.dtype))
-    precision = torch.cholesky_inverse(scale_tril.T.contiguous(), upper=True)
-    scale = precision.diagonal().rsqrt().expand_as(loc)
+    init = init.to(data.dtype)
+    loc, _ = linear_gaussian.posterior(data, init)
+    scale = linear_gaussian.posterior_precision(init).diagonal().rsqrt().expand_as(loc)
     return guides.MeanFieldNormal(num_data, init.latent_dim, init_loc=loc, init_scale=scale)

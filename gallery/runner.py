@@ -157,6 +157,7 @@ def fit(prepared: Prepared) -> RunResult:
     )
     pyro.clear_param_store()
     num_data, obs_dim = data.shape
+    lr = learning_rate(config)
     guide = make_guide(
         config.model,
         config.guide,
@@ -172,7 +173,7 @@ def fit(prepared: Prepared) -> RunResult:
         data,
         num_steps=config.num_steps,
         batch_size=config.batch_size,
-        lr=learning_rate(config),
+        lr=lr,
         num_particles=config.num_particles,
         seed=config.seed,
         progress=config.progress,
@@ -193,7 +194,7 @@ def fit(prepared: Prepared) -> RunResult:
         **kwargs,
         "num_steps": config.num_steps,
         "batch_size": config.batch_size,
-        "lr": learning_rate(config),
+        "lr": lr,
         "num_particles": config.num_particles,
         "seed": config.seed,
         "elbo": svi_result.elbo,
