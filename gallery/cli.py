@@ -15,6 +15,7 @@ from pathlib import Path
 from gallery import datasets
 from gallery.registry import GUIDES, MODELS
 from gallery.runner import DTYPES, RunConfig, fit, prepare
+from gallery.vae import ACTIVATIONS, LIKELIHOODS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,13 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
         "parameters; write DIR/metrics.json, DIR/params.pt and DIR/training_curve.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    run.add_argument("model", choices=list(MODELS), metavar="MODEL", help=", ".join(MODELS))
+    run.add_argument("model", choices=[*MODELS, "vae"], metavar="MODEL", help=", ".join([*MODELS, "vae"]))
     defaults = RunConfig(model="gmm")
     run.add_argument(
-        "--guide", default=defaults.guide, choices=list(GUIDES), metavar="GUIDE", help=", ".join(GUIDES)
+        "--guide",
+        default=None,
+        choices=list(GUIDES),
+        metavar="GUIDE",
+        help=f"{', '.join(GUIDES)}; None: exact, or amortised for the vae",
     )
     run.add_argument(
-        "--data", default=defaults.data, help="bundled name (iris, digits) or a .npy/.npz/.csv path"
+        "--data",
+        default=None,
+        help="bundled name (iris, digits), mnist (with --data-dir), or a .npy/.npz/.csv path; "
+        "None: iris, or digits for the vae",
     )
     run.add_argument("--components", type=int, default=defaults.components, help="K, mixture components")
     run.add_argument(
@@ -75,10 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-particles", type=int, default=defaults.num_particles, help="ELBO samples per step"
     )
     run.add_argument(
-        "--eval-particles", type=int, default=defaults.eval_particles, help="samples for the final ELBO"
+        "--eval-particles",
+        type=int,
+        default=None,
+        help="samples for the final ELBO (and the VAE's importance-weighted log p(x)); None: 100, vae 1000",
     )
     run.add_argument(
-        "--hidden", type=_hidden, default=(), help="amortised encoder hidden sizes, e.g. 64,64; (): affine"
+        "--hidden",
+        type=_hidden,
+        default=(),
+        help="hidden sizes, e.g. 64,64, of the amortised encoder ((): affine), and of the VAE's "
+        "decoder and encoder (): 128",
     )
     run.add_argument("--em-iters", type=int, default=defaults.em_iters, help="maximum EM iterations")
     run.add_argument("--em-tol", type=float, default=defaults.em_tol, help="EM tolerance, nats per datum")
@@ -87,7 +102,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-constant-columns", action="store_true", help="drop columns with one value (recorded)"
     )
     run.add_argument("--device", default=defaults.device, help="cpu or cuda")
-    run.add_argument("--dtype", default=defaults.dtype, choices=list(DTYPES), help="for the data and SVI")
+    run.add_argument(
+        "--dtype", default=None, choices=list(DTYPES), help="for the data and SVI; None: float64, vae float32"
+    )
+    vae = run.add_argument_group("the vae")
+    vae.add_argument("--likelihood", default=defaults.likelihood, choices=list(LIKELIHOODS), help="p(x|z)")
+    vae.add_argument(
+        "--decoder", default=defaults.decoder, choices=["mlp", "linear"], help="linear: f(z) = Az + b (PPCA)"
+    )
+    vae.add_argument(
+        "--activation", default=defaults.activation, choices=list(ACTIVATIONS), help="of the MLPs"
+    )
+    vae.add_argument(
+        "--noise-variance", type=float, default=None, help="a fixed Gaussian sigma^2; None: learned"
+    )
+    vae.add_argument("--binarize", action="store_true", help="threshold the data at 0.5 (recorded)")
+    vae.add_argument(
+        "--heldout-fraction", type=float, default=defaults.heldout_fraction, help="0: train on all rows"
+    )
+    vae.add_argument("--checkpoint-every", type=int, default=None, help="steps; writes DIR/checkpoint.pt")
+    vae.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    vae.add_argument("--data-dir", default=None, help="a folder with MNIST in torchvision's layout")
+    vae.add_argument(
+        "--gap-rows",
+        type=int,
+        default=defaults.gap_rows,
+        help="held-out rows for the inference gaps; 0: none",
+    )
+    vae.add_argument(
+        "--gap-steps", type=int, default=defaults.gap_steps, help="SVI steps for the best local q"
+    )
     run.add_argument(
         "--seed", type=int, default=defaults.seed, help="for initial parameters, networks, minibatches"
     )
@@ -100,6 +144,7 @@ def _list() -> None:
     print("models:")
     for name, spec in MODELS.items():
         print(f"  {name:16s} {spec.module.__doc__.strip().splitlines()[0]}")
+    print(f"  {'vae':16s} the variational autoencoder: z ~ N(0, I), x | z ~ N(f(z), sigma^2 I) or Bernoulli")
     print("guides:")
     for name, text in GUIDES.items():
         print(f"  {name:16s} {text}")
@@ -151,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         _list()
         return 0
+    is_vae = args.model == "vae"
     config = RunConfig(
         model=args.model,
-        guide=args.guide,
-        data=args.data,
+        guide=args.guide or ("amortised" if is_vae else "exact"),
+        data=args.data or ("digits" if is_vae else "iris"),
         components=args.components,
         latent_dim=args.latent_dim,
         covariance_type=args.covariance_type,
@@ -172,15 +218,32 @@ def main(argv: list[str] | None = None) -> int:
         dtype=args.dtype,
         seed=args.seed,
         progress=not args.no_progress,
+        likelihood=args.likelihood,
+        decoder=args.decoder,
+        activation=args.activation,
+        noise_variance=args.noise_variance,
+        binarize=args.binarize,
+        heldout_fraction=args.heldout_fraction,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        data_dir=args.data_dir,
+        gap_rows=args.gap_rows,
+        gap_steps=args.gap_steps,
     )
     out = args.out if args.out is not None else Path("runs") / args.model
     try:
         _check_out(out)
-        prepared = prepare(config)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = fit(prepared)
-        payloads = _render(result)
+            if is_vae:
+                from gallery import vae_output
+                from gallery.vae_run import fit_vae, prepare_vae
+
+                result = fit_vae(prepare_vae(config), out)
+                payloads, summary = vae_output.render(result), vae_output.summary(result.metrics)
+            else:
+                result = fit(prepare(config))
+                payloads, summary = _render(result), _summary(result.metrics)
     except ValueError as err:
         print(f"python -m gallery run: error: {err}", file=sys.stderr)
         return 2
@@ -188,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, payload in payloads.items():
         write_atomic(out / name, payload)
-    print(_summary(result.metrics))
+    print(summary)
     for warning in {str(w.message) for w in caught}:
         print(f"note: {warning}")
     print(f"wrote {', '.join(str(out / name) for name in payloads)}")

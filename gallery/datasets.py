@@ -31,6 +31,7 @@ class Dataset:
     name: str
     data: Tensor  # (N, D) float64 on the CPU
     labels: Tensor | None = None  # (N,) int64
+    image_shape: tuple[int, int] | None = None  # (height, width) when each row is an image
 
 
 def load(name_or_path: str) -> Dataset:
@@ -106,4 +107,57 @@ def _load_bundled(name: str) -> Dataset:
             table = np.loadtxt(text, delimiter=",")
     data = torch.from_numpy(table[:, :-1].copy())
     labels = torch.from_numpy(table[:, -1].astype(np.int64))
-    return Dataset(name, data, labels)
+    return Dataset(name, data, labels, (8, 8) if name == "digits" else None)
+
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+
+
+def load_mnist(data_dir: str | Path) -> Dataset:
+    """MNIST's 60,000 training images (784 pixels, 0-255) and labels from a local folder in
+    torchvision's layout (``DIR/MNIST/raw/``, ``DIR/raw/`` or ``DIR/`` holding
+    ``train-images-idx3-ubyte`` and ``train-labels-idx1-ubyte``, optionally ``.gz``). Nothing is
+    downloaded."""
+    root = Path(data_dir)
+    for folder in (root / "MNIST" / "raw", root / "raw", root):
+        found = [_find_idx(folder, name) for name in MNIST_FILES]
+        if all(found):
+            break
+    else:
+        raise ValueError(
+            f"no MNIST files under {str(root)!r}: expected {MNIST_FILES[0]}[.gz] and {MNIST_FILES[1]}[.gz] "
+            "in DIR/MNIST/raw, DIR/raw or DIR (torchvision's layout); nothing is downloaded, so fetch them "
+            "first, e.g. with torchvision.datasets.MNIST(DIR, download=True) on a machine with network"
+        )
+    try:
+        images, labels = _read_idx(found[0]), _read_idx(found[1])
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"cannot read the MNIST files in {str(found[0].parent)!r}: {err}") from None
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(
+            f"MNIST files in {str(found[0].parent)!r} have shapes {images.shape} and {labels.shape}"
+        )
+    data = torch.from_numpy(images.reshape(len(images), -1).astype(np.float64))
+    return Dataset("mnist", data, torch.from_numpy(labels.astype(np.int64)), images.shape[1:])
+
+
+def _find_idx(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (LeCun's format: magic 0x0000 08 ndim, big-endian sizes, unsigned bytes)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
+        raise ValueError(f"{path.name} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) != header + int(np.prod(shape)):
+        raise ValueError(f"{path.name} is truncated: {len(raw) - header} bytes of data for shape {shape}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)

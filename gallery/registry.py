@@ -72,12 +72,12 @@ def make_guide(
     if guide_name == "auto-normal":
         model = functools.partial(spec.module.model, **model_kwargs)
         return guides.auto_normal(poutine.block(model, hide=["c"]) if discrete else model)
-    obs_dim = data.shape[1]
+    obs_dim, scaling = data.shape[1], guides.input_scaling(data)
     if discrete:
-        net = guides.AmortisedCategorical(obs_dim, size, hidden=hidden)
+        net = guides.AmortisedCategorical(obs_dim, size, hidden=hidden, **scaling)
     else:
         covariance = "full" if guide_name == "amortised-full" else "diag"
-        net = guides.AmortisedNormal(obs_dim, size, hidden=hidden, covariance=covariance)
+        net = guides.AmortisedNormal(obs_dim, size, hidden=hidden, covariance=covariance, **scaling)
     return net.to(device=data.device, dtype=data.dtype)
 
 

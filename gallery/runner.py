@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyro
 import torch
@@ -35,16 +35,28 @@ class RunConfig:
     batch_size: int | None = None
     lr: float | None = None  # default: 0.05 for parameter tables, 0.005 for networks
     num_particles: int = 1
-    eval_particles: int = 100
-    hidden: tuple[int, ...] = ()
+    eval_particles: int | None = None  # default: 100 (ELBO), or 1000 for the VAE's log p(x)
+    hidden: tuple[int, ...] = ()  # VAE: () means the default, (128,)
     em_iters: int = 500
     em_tol: float = 1e-8
     standardize: bool = False
     drop_constant_columns: bool = False
     device: str = "cpu"
-    dtype: str = "float64"
+    dtype: str | None = None  # default: float64, or float32 for the VAE
     seed: int = 0
     progress: bool = True
+    # the VAE's settings
+    likelihood: str = "gaussian"
+    decoder: str = "mlp"
+    activation: str = "relu"
+    noise_variance: float | None = None  # a fixed sigma^2; None: learned
+    binarize: bool = False
+    heldout_fraction: float = 0.1
+    checkpoint_every: int | None = None
+    resume: bool = False
+    data_dir: str | None = None
+    gap_rows: int = 200
+    gap_steps: int = 500
 
 
 @dataclass(frozen=True)
@@ -59,9 +71,14 @@ class Prepared:
 def prepare(config: RunConfig) -> Prepared:
     """Load and check everything; raises ``ValueError`` with what to change."""
     check_guide(config.model, config.guide)
+    config = replace(
+        config,
+        dtype="float64" if config.dtype is None else config.dtype,
+        eval_particles=100 if config.eval_particles is None else config.eval_particles,
+    )
     if config.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
-    device = _check_device(config.device)
+    device = check_device(config.device)
     for name in ("num_steps", "num_particles", "eval_particles", "components", "latent_dim"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
@@ -115,7 +132,7 @@ def learning_rate(config: RunConfig) -> float:
     return 0.005 if config.guide.startswith("amortised") else 0.05
 
 
-def _check_device(name: str) -> torch.device:
+def check_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:

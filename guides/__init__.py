@@ -6,7 +6,7 @@
 - Pyro's autoguides with the model's data plate (:func:`auto_normal`, :func:`auto_delta`).
 """
 
-from guides.amortised import AmortisedCategorical, AmortisedNormal, mlp
+from guides.amortised import AmortisedCategorical, AmortisedNormal, input_scaling, mlp
 from guides.auto import auto_delta, auto_normal
 from guides.exact import factor_analysis_posterior, gmm_posterior, ppca_posterior
 from guides.mean_field import MeanFieldCategorical, MeanFieldNormal
@@ -20,6 +20,7 @@ __all__ = [
     "auto_normal",
     "factor_analysis_posterior",
     "gmm_posterior",
+    "input_scaling",
     "mlp",
     "ppca_posterior",
 ]

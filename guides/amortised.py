@@ -5,6 +5,12 @@
 
 The network's weights are shared by all data points, so the number of variational parameters
 does not grow with N, and a new x gets its q from one forward pass.
+
+The network reads x standardised by fixed ``input_loc`` and ``input_scale`` (d,), set from the
+training data. Without it an affine encoder on data far from 0 (iris in cm, digits in 0-16) is
+badly conditioned: its bias and weights move together, and on PPCA SVI stalled near the p = 1
+optimum (iris: -3.03 against the closed form's -2.6998 nats per datum after 3,000 steps;
+standardised: -2.69984).
 """
 
 from __future__ import annotations
@@ -35,6 +41,12 @@ def mlp(
         if i < len(sizes) - 2:
             layers.append(activation())
     return nn.Sequential(*layers)
+
+
+def input_scaling(data: Tensor) -> dict[str, Tensor]:
+    """``{"input_loc": mean, "input_scale": std}`` of the columns of ``data`` (N, d), the keyword
+    arguments that make an amortised guide read standardised x."""
+    return {"input_loc": data.mean(0), "input_scale": data.std(0, correction=0)}
 
 
 def full_covariance_normal(loc: Tensor, scale_tril: Tensor) -> dist.TransformedDistribution:
@@ -77,6 +89,24 @@ class _Amortised(nn.Module):
     """Checks the data against the network, registers it, and samples the site for the rows of
     the model's data plate from the encoded x."""
 
+    def _set_input_scaling(self, obs_dim: int, input_loc: Tensor | None, input_scale: Tensor | None) -> None:
+        loc = torch.zeros(obs_dim) if input_loc is None else torch.as_tensor(input_loc).detach().clone()
+        scale = torch.ones(obs_dim) if input_scale is None else torch.as_tensor(input_scale).detach().clone()
+        if loc.shape != (obs_dim,) or scale.shape != (obs_dim,):
+            raise ValueError(
+                f"input_loc and input_scale must have shape ({obs_dim},), got {tuple(loc.shape)} "
+                f"and {tuple(scale.shape)}"
+            )
+        if not bool(torch.isfinite(loc).all() & torch.isfinite(scale).all()):
+            raise ValueError("input_loc and input_scale must be finite")
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # constant columns: leave as is
+        self.register_buffer("input_loc", loc)
+        self.register_buffer("input_scale", scale)
+
+    def standardise(self, x: Tensor) -> Tensor:
+        """(..., d) x -> (x - input_loc) / input_scale, what the network reads."""
+        return (x - self.input_loc) / self.input_scale
+
     def forward(
         self,
         data: Tensor | None = None,
@@ -110,6 +140,8 @@ class AmortisedNormal(_Amortised):
         to represent the exact posterior of factor analysis and PPCA (with ``covariance="full"``).
     :param covariance: ``"diag"`` (softplus of p outputs) or ``"full"`` (p(p+1)/2 outputs filling
         a lower-triangular scale_tril with a softplus diagonal).
+    :param input_loc, input_scale: (d,) the network reads (x - input_loc) / input_scale; use the
+        training data's mean and standard deviation (:func:`input_scaling`). Default 0 and 1.
     """
 
     def __init__(
@@ -120,9 +152,12 @@ class AmortisedNormal(_Amortised):
         hidden: Sequence[int] = (),
         covariance: str = "diag",
         activation: type[nn.Module] = nn.Tanh,
+        input_loc: Tensor | None = None,
+        input_scale: Tensor | None = None,
         name: str = "amortised_normal",
     ):
         super().__init__()
+        self._set_input_scaling(obs_dim, input_loc, input_scale)
         if covariance not in COVARIANCES:
             raise ValueError(f"covariance={covariance!r} is not one of {', '.join(COVARIANCES)}")
         self.latent_dim, self.covariance, self.name = latent_dim, covariance, name
@@ -133,7 +168,7 @@ class AmortisedNormal(_Amortised):
 
     def encode(self, x: Tensor) -> dist.Distribution:
         """q(z | x) for a batch x: (B, d); batch shape (B,), event shape (p,)."""
-        out = self.net(x)  # (B, p + num_scale)
+        out = self.net(self.standardise(x))  # (B, p + num_scale)
         loc, raw = out[..., : self.latent_dim], out[..., self.latent_dim :]
         if self.covariance == "diag":
             return dist.Normal(loc, softplus(raw)).to_event(1)
@@ -154,6 +189,7 @@ class AmortisedCategorical(_Amortised):
     :param obs_dim: d.
     :param num_components: K.
     :param hidden: hidden layer sizes; ``()`` is multinomial logistic regression on x.
+    :param input_loc, input_scale: (d,) as for :class:`AmortisedNormal`.
     """
 
     def __init__(
@@ -163,12 +199,15 @@ class AmortisedCategorical(_Amortised):
         *,
         hidden: Sequence[int] = (),
         activation: type[nn.Module] = nn.Tanh,
+        input_loc: Tensor | None = None,
+        input_scale: Tensor | None = None,
         name: str = "amortised_categorical",
     ):
         super().__init__()
+        self._set_input_scaling(obs_dim, input_loc, input_scale)
         self.name = name
         self.net = mlp(obs_dim, num_components, hidden, activation)
 
     def _sample(self, x: Tensor) -> None:
-        logits = self.net(x)  # (B, K)
+        logits = self.net(self.standardise(x))  # (B, K)
         pyro.sample("c", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})

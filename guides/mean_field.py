@@ -1,6 +1,7 @@
 """Mean-field guides: one set of variational parameters per data point.
 
     q(z_1..N) = prod_n N(z_n; loc_n, diag(scale_n^2))       loc, scale: (N, p)
+    q(z_1..N) = prod_n N(z_n; loc_n, L_n L_n^T)              covariance="full", L: (N, p, p)
     q(c_1..N) = prod_n Categorical(c_n; softmax(logits_n))  logits: (N, K)
 
 The per-datum tables live in Pyro's param store at their full size N and are indexed by the
@@ -16,6 +17,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from gallery.common import data_plate, fresh
+from guides.amortised import full_covariance_normal
 
 
 class _MeanField:
@@ -44,12 +46,16 @@ class _MeanField:
 
 
 class MeanFieldNormal(_MeanField):
-    """q(z_n) = N(loc_n, diag(scale_n^2)) for the site ``z`` of a continuous-latent model.
+    """q(z_n) = N(loc_n, diag(scale_n^2)) for the site ``z`` of a continuous-latent model; with
+    ``covariance="full"``, q(z_n) = N(loc_n, L_n L_n^T), still one factor per data point (the
+    per-datapoint family beside a full-covariance encoder, for the amortisation gap).
 
     :param num_data: N, the number of rows of the data this guide will see.
     :param latent_dim: p, the size of each z_n.
     :param init_loc: (N, p) starting means; default 0, the prior's.
-    :param init_scale: (N, p) starting standard deviations, or one number; default 1.
+    :param init_scale: (N, p) starting standard deviations, or one number; default 1. With
+        ``covariance="full"``: (N, p, p) lower-triangular factors L_n, or one number times I.
+    :param covariance: ``"diag"`` or ``"full"``.
     """
 
     def __init__(
@@ -59,10 +65,14 @@ class MeanFieldNormal(_MeanField):
         *,
         init_loc: Tensor | None = None,
         init_scale: Tensor | float = 1.0,
+        covariance: str = "diag",
         name: str = "mean_field",
     ):
         super().__init__(num_data, name)
+        if covariance not in ("diag", "full"):
+            raise ValueError(f"covariance={covariance!r} is not one of diag, full")
         self.latent_dim, self.init_loc, self.init_scale = latent_dim, init_loc, init_scale
+        self.covariance = covariance
 
     def _sample(self, data: Tensor, ind: Tensor) -> None:
         shape = (self.num_data, self.latent_dim)
@@ -70,6 +80,12 @@ class MeanFieldNormal(_MeanField):
             f"{self.name}_loc",
             lambda: data.new_zeros(shape) if self.init_loc is None else fresh(self.init_loc),
         )
+        if self.covariance == "full":
+            scale_tril = pyro.param(
+                f"{self.name}_scale_tril", self._init_scale_tril(data), constraint=constraints.lower_cholesky
+            )
+            pyro.sample("z", full_covariance_normal(loc[ind], scale_tril[ind]))
+            return
         scale = pyro.param(
             f"{self.name}_scale",
             lambda: fresh(
@@ -78,6 +94,15 @@ class MeanFieldNormal(_MeanField):
             constraint=constraints.positive,
         )
         pyro.sample("z", dist.Normal(loc[ind], scale[ind]).to_event(1))
+
+    def _init_scale_tril(self, data: Tensor):
+        def init() -> Tensor:
+            if isinstance(self.init_scale, Tensor) and self.init_scale.dim() == 3:
+                return fresh(self.init_scale.to(data))
+            eye = torch.eye(self.latent_dim, dtype=data.dtype, device=data.device)
+            return (float(self.init_scale) * eye).expand(self.num_data, -1, -1).clone()
+
+        return init
 
 
 class MeanFieldCategorical(_MeanField):

@@ -24,10 +24,11 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import ELBO
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from gallery.common import check_data, clock
+from inference.checkpoint import Checkpointing, restore
 from inference.elbo import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
 
 MAX_PLATE_NESTING = 1  # every gallery model has one plate, "data"
@@ -64,32 +65,39 @@ def make_elbo(enumerate_discrete: bool, num_particles: int = 1) -> ELBO:
     )
 
 
-def collect_params(loss_fn: Callable[..., Tensor], *args, **kwargs) -> tuple[Tensor, list[Tensor]]:
+def collect_params(loss_fn: Callable[..., Tensor], *args, **kwargs) -> tuple[Tensor, dict[str, Tensor]]:
     """Call ``loss_fn`` once under ``poutine.trace(param_only=True)`` and return its loss and the
-    unconstrained tensors of every param site it touched, in first-use order."""
+    unconstrained tensors of every param site it touched, by param-store name in first-use
+    order."""
     with poutine.trace(param_only=True) as capture:
         loss = loss_fn(*args, **kwargs)
-    params, seen = [], set()
-    for site in capture.trace.nodes.values():
+    params, seen = {}, set()
+    for name, site in capture.trace.nodes.items():
         tensor = site["value"].unconstrained()
         if id(tensor) not in seen:
             seen.add(id(tensor))
-            params.append(tensor)
+            params[name] = tensor
     return loss, params
 
 
 def minibatches(
-    num_data: int, batch_size: int | None, device: torch.device, generator: torch.Generator
+    num_data: int, batch_size: int | None, device: torch.device, seed: int = 0, start_step: int = 0
 ) -> Iterator[Tensor | None]:
-    """Endless (B,) index tensors on ``device``: a fresh permutation each epoch, cut into
-    ``num_data // batch_size`` batches of exactly ``batch_size``. ``None`` for full batch."""
+    """Endless (B,) index tensors on ``device``, from step ``start_step`` on: each epoch a fresh
+    permutation, cut into ``num_data // batch_size`` batches of exactly ``batch_size``. Epoch e's
+    permutation depends only on ``(seed, e)``, so a resumed run draws the batches it would have
+    drawn. ``None`` for full batch."""
     if batch_size is None or batch_size >= num_data:
         while True:
             yield None
     num_batches = num_data // batch_size
+    generator = torch.Generator(device=device)
+    epoch, position = divmod(start_step, num_batches)
     while True:
+        generator.manual_seed(seed * 2**32 + epoch)
         perm = torch.randperm(num_data, device=device, generator=generator)
-        yield from perm[: num_batches * batch_size].view(num_batches, batch_size)
+        yield from perm[: num_batches * batch_size].view(num_batches, batch_size)[position:]
+        epoch, position = epoch + 1, 0
 
 
 def svi_step(
@@ -123,6 +131,7 @@ def fit_svi(
     seed: int | None = 0,
     progress: bool = True,
     grad_hook: Callable[[list[Tensor]], None] | None = None,
+    checkpoint: Checkpointing | None = None,
     **model_kwargs,
 ) -> SVIResult:
     """Fit ``model`` and ``guide`` to ``data`` (N, D) by SVI with Adam.
@@ -131,6 +140,8 @@ def fit_svi(
     :param lr: Adam's initial learning rate, decayed geometrically to ``lr * final_lr_ratio``.
     :param num_particles: K samples per step for the ELBO estimate, vectorised.
     :param elbo: an ELBO instance; default :func:`make_elbo` chosen by :func:`uses_enumeration`.
+    :param checkpoint: where and how often to save the run's state, and whether to resume from it;
+        on CPU a resumed run ends with the parameters of an uninterrupted one, bit for bit.
     :param model_kwargs: passed to both model and guide (the same signature).
     :returns: the loss history; the fitted parameters are in Pyro's param store.
     """
@@ -142,11 +153,13 @@ def fit_svi(
         raise ValueError(f"batch_size={batch_size} must be between 1 and num_data={num_data}")
     if num_particles < 1:
         raise ValueError(f"num_particles={num_particles} must be at least 1")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed={seed} must be at least 0")
     if seed is not None:
         pyro.set_rng_seed(seed)
-    generator = torch.Generator(device=data.device)
-    generator.manual_seed(0 if seed is None else seed)
-    batches = minibatches(num_data, batch_size, data.device, generator)
+    resumed = checkpoint.load() if checkpoint is not None and checkpoint.resume else None
+    start_step = 0 if resumed is None else resumed["step"]
+    batches = minibatches(num_data, batch_size, data.device, seed or 0, start_step)
 
     first = next(batches)
     if elbo is None:
@@ -155,32 +168,60 @@ def fit_svi(
     def loss_fn(subsample: Tensor | None) -> Tensor:
         return elbo.differentiable_loss(model, guide, data, subsample=subsample, **model_kwargs)
 
-    _, params = collect_params(loss_fn, first)
+    _, named_params = collect_params(loss_fn, first)  # creates every parameter, with its constraint
+    params = list(named_params.values())
     optimizer = torch.optim.Adam(params, lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: final_lr_ratio ** (t / num_steps))
     losses = torch.empty(num_steps, dtype=data.dtype, device=data.device)
+    modules = networks(model, guide, model_kwargs)
+    state = dict(
+        params=named_params, modules=modules, optimizer=optimizer, scheduler=schedule, device=data.device
+    )
+    if resumed is not None:
+        if not resumed["step"] <= num_steps:
+            raise ValueError(f"the checkpoint is at step {resumed['step']}, past --num-steps {num_steps}")
+        restore(resumed, **state)
+        losses[:start_step] = resumed["losses"].to(losses)
     log_every = max(1, num_steps // 20)
     start = clock(data)
+    saved_note = ""
     with pyro.validation_enabled(False):  # argument checks would sync with the host every step
-        bar = tqdm(range(num_steps), desc="SVI", disable=not progress, leave=False)
+        bar = tqdm(range(start_step, num_steps), desc="SVI", disable=not progress, leave=False)
         subsample = first
         for step in bar:
             losses[step] = svi_step(loss_fn, params, optimizer, subsample, grad_hook)
             schedule.step()
             subsample = next(batches)
             if (step + 1) % log_every == 0:  # one host sync every 5% of the run
-                _check_finite(losses, step)
+                _check_finite(losses, step, params, saved_note)
                 bar.set_postfix(elbo_per_datum=f"{-float(losses[step]) / num_data:.4f}")
-    _check_finite(losses, num_steps - 1)
+            if checkpoint is not None and checkpoint.due(step + 1, num_steps):
+                _check_finite(losses, step, params, saved_note)  # nothing non-finite is saved
+                checkpoint.save(step=step + 1, losses=losses[: step + 1], **state)
+                saved_note = f"; the last good checkpoint (step {step + 1}) is kept at {checkpoint.path}"
+    _check_finite(losses, num_steps - 1, params, saved_note)
     seconds = clock(data) - start
     return SVIResult(losses.cpu(), num_steps, seconds, getattr(elbo, "estimator", type(elbo).__name__))
 
 
-def _check_finite(losses: Tensor, step: int) -> None:
-    """Raise if any loss up to ``step`` is NaN or infinite, naming the first such step."""
+def networks(model: Callable, guide: Callable, model_kwargs: dict) -> dict[str, nn.Module]:
+    """The ``nn.Module``s among model, guide and keyword arguments, by role, for checkpoints."""
+    found = {"model": model, "guide": guide, **model_kwargs}
+    return {name: value for name, value in found.items() if isinstance(value, nn.Module)}
+
+
+def _check_finite(losses: Tensor, step: int, params: list[Tensor], note: str = "") -> None:
+    """Raise if any loss up to ``step`` or any parameter is NaN or infinite, naming the first
+    such step."""
     bad = (~torch.isfinite(losses[: step + 1])).nonzero()
-    if len(bad):
+    params_finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
+    if len(bad) or not bool(params_finite):
+        where = (
+            f"the loss is not finite at step {int(bad[0])}"
+            if len(bad)
+            else f"a parameter is not finite after step {step}"
+        )
         raise ValueError(
-            f"SVI diverged: the loss is not finite at step {int(bad[0])}; lower the learning rate, "
-            "or check the data for constant columns or duplicated points (a variance can collapse to 0)"
+            f"SVI diverged: {where}; lower the learning rate, or check the data for constant columns "
+            f"or duplicated points (a variance can collapse to 0){note}"
         )

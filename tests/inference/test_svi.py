@@ -67,7 +67,8 @@ def test_collect_params_finds_plain_params_modules_and_autoguides():
     _, params = collect_params(loss_fn)
     store = pyro.get_param_store()
     expected = {id(store._params[name]) for name in store.keys()}
-    assert {id(p) for p in params} == expected
+    assert {id(p) for p in params.values()} == expected
+    assert set(params) == set(store.keys())
     assert len(params) == 3 + len(list(encoder.parameters()))
     module_only = list(Trace_ELBO()(factor_analysis.model, encoder).parameters())
     assert len(module_only) == len(list(encoder.parameters())) < len(params)
@@ -227,12 +228,16 @@ def test_fit_leaves_the_initial_parameters_alone(name):
         assert torch.equal(getattr(init, key), value) and not getattr(init, key).requires_grad
 
 
-def test_minibatches_are_permutations_of_the_data():
-    gen = torch.Generator().manual_seed(0)
-    batches = minibatches(10, 3, torch.device("cpu"), gen)
-    epoch = torch.cat([next(batches) for _ in range(3)])
+def test_minibatches_are_permutations_of_the_data_and_resume_at_any_step():
+    cpu = torch.device("cpu")
+    batches = minibatches(10, 3, cpu, seed=0)
+    drawn = [next(batches) for _ in range(7)]
+    epoch = torch.cat(drawn[:3])
     assert epoch.shape == (9,) and len(set(epoch.tolist())) == 9
-    assert next(minibatches(10, None, torch.device("cpu"), gen)) is None
+    assert not torch.equal(torch.cat(drawn[3:6]), epoch)  # a fresh permutation each epoch
+    for start in range(7):  # a run resumed at step `start` draws what it would have drawn
+        assert torch.equal(next(minibatches(10, 3, cpu, seed=0, start_step=start)), drawn[start])
+    assert next(minibatches(10, None, cpu)) is None
 
 
 def test_vectorised_particles_reduce_the_noise():
@@ -338,7 +343,8 @@ def test_svi_step_reads_nothing_back_to_the_host(name, guide_kind, monkeypatch):
     elbo = make_elbo(name == "gmm", num_particles=2)
     loss_fn = functools.partial(elbo.differentiable_loss, module.model, guide, data, **kwargs)
     first = torch.arange(10)
-    _, params = collect_params(lambda subsample: loss_fn(subsample=subsample), first)
+    _, named = collect_params(lambda subsample: loss_fn(subsample=subsample), first)
+    params = list(named.values())
     optimizer = torch.optim.Adam(params, lr=0.01)
     step = functools.partial(svi_step, lambda s: loss_fn(subsample=s), params, optimizer)
     step(first)  # creates Adam's state

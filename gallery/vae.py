@@ -1,0 +1,149 @@
+"""The variational autoencoder's generative model: a neural-network decoder (Kingma and Welling
+2014; Rezende et al. 2014).
+
+Generative process, for each data point n = 1..N:
+
+    z_n ~ N(0, I_p)                                  z: (N, p)
+    x_n | z_n ~ N(f(z_n; lambda), sigma^2 I_d)       Gaussian likelihood, sigma^2: ()
+    x_n | z_n ~ Bernoulli(sigmoid(f(z_n; lambda)))   Bernoulli likelihood, for binary x
+
+f is an MLP (:class:`Decoder`), registered with ``pyro.module``; sigma^2 is a ``pyro.param``
+(learned, positive) or a fixed number. With ``hidden=()`` f(z) = A z + b is affine and the
+Gaussian model is probabilistic PCA with loading A, loc b and noise sigma^2 (Lucas et al. 2019):
+:func:`as_ppca` reads those parameters back for the exact log-likelihood.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import Tensor, nn
+from torch.distributions import constraints
+
+from gallery.common import data_plate, resolve_device, resolve_sizes
+from gallery.linear_gaussian import LinearGaussianParams
+from guides.amortised import mlp
+
+LIKELIHOODS = ("gaussian", "bernoulli")
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
+
+
+class Decoder(nn.Module):
+    """f(z; lambda) and the likelihood it parameterises.
+
+    :param latent_dim: p.
+    :param obs_dim: d.
+    :param hidden: hidden layer sizes of the MLP; ``()`` is affine, f(z) = A z + b (PPCA).
+    :param activation: a key of ``ACTIVATIONS``.
+    :param likelihood: ``"gaussian"`` (f is the mean) or ``"bernoulli"`` (f is the logits).
+    :param noise_variance: a fixed sigma^2 for the Gaussian likelihood; ``None`` learns it as the
+        ``pyro.param`` ``"noise_variance"``, starting at ``init_noise_variance``.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        obs_dim: int,
+        *,
+        hidden: Sequence[int] = (256,),
+        activation: str = "relu",
+        likelihood: str = "gaussian",
+        noise_variance: float | None = None,
+        init_noise_variance: float = 1.0,
+    ):
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood={likelihood!r} is not one of {', '.join(LIKELIHOODS)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        for name, value in (("noise_variance", noise_variance), ("init_noise_variance", init_noise_variance)):
+            if value is not None and not (value > 0 and value < float("inf")):
+                raise ValueError(f"{name}={value} must be a positive, finite number")
+        if latent_dim < 1 or obs_dim < 1:
+            raise ValueError(f"latent_dim={latent_dim} and obs_dim={obs_dim} must be at least 1")
+        self.latent_dim, self.obs_dim, self.likelihood = latent_dim, obs_dim, likelihood
+        self.fixed_noise_variance, self.init_noise_variance = noise_variance, init_noise_variance
+        self.net = mlp(latent_dim, obs_dim, hidden, ACTIVATIONS[activation])
+
+    @property
+    def linear(self) -> bool:
+        return len(self.net) == 1
+
+    def forward(self, z: Tensor) -> Tensor:
+        """(..., p) -> (..., d): the Gaussian mean, or the Bernoulli logits."""
+        return self.net(z)
+
+    def noise_variance(self) -> Tensor:
+        """sigma^2, () : the learned ``pyro.param`` or the fixed value."""
+        weight = self.net[-1].weight
+        if self.fixed_noise_variance is not None:
+            return weight.new_tensor(self.fixed_noise_variance)
+        return pyro.param(
+            "noise_variance",
+            lambda: weight.new_tensor(self.init_noise_variance),
+            constraint=constraints.positive,
+        )
+
+    def likelihood_dist(self, z: Tensor) -> dist.Distribution:
+        """p(x | z) with batch shape z.shape[:-1] and event shape (d,)."""
+        out = self(z)
+        if self.likelihood == "bernoulli":
+            return dist.Bernoulli(logits=out).to_event(1)
+        return dist.Normal(out, self.noise_variance().sqrt()).to_event(1)
+
+
+def model(
+    data: Tensor | None = None,
+    *,
+    decoder: Decoder,
+    num_data: int | None = None,
+    subsample: Tensor | None = None,
+    subsample_size: int | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The VAE: ``z_n ~ N(0, I_p)``, ``x_n ~ p(x | f(z_n))``.
+
+    :param data: (N, d) observations, or None to sample ``num_data`` points.
+    :param decoder: the :class:`Decoder` f, on the data's device and dtype.
+    :param subsample: (B,) indices of the minibatch; or ``subsample_size`` to draw them.
+    :returns: (..., B, d) the observed or sampled x of the subsample.
+    """
+    num_data, _ = resolve_sizes(data, num_data, decoder.obs_dim)
+    device = resolve_device(data, device)
+    weight = decoder.net[-1].weight
+    if weight.device != device or (data is not None and data.dtype != weight.dtype):
+        raise ValueError(
+            f"the decoder has {weight.dtype} weights on {weight.device} but the data is "
+            f"{'absent' if data is None else data.dtype} on {device}; call decoder.to(device=..., dtype=...)"
+        )
+    pyro.module("decoder", decoder)
+    zeros = weight.new_zeros(decoder.latent_dim)
+    with data_plate(num_data, subsample, subsample_size, device) as ind:
+        z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))  # (..., B, p)
+        obs = None if data is None else data[ind]
+        return pyro.sample("x", decoder.likelihood_dist(z), obs=obs)
+
+
+def as_ppca(decoder: Decoder) -> LinearGaussianParams:
+    """The PPCA parameters (loc b, loading A, sigma^2) of an affine, Gaussian decoder, detached."""
+    if not decoder.linear or decoder.likelihood != "gaussian":
+        raise ValueError("only an affine decoder with a Gaussian likelihood is PPCA (hidden=(), gaussian)")
+    layer = decoder.net[0]
+    with torch.no_grad():
+        noise = decoder.noise_variance().detach().clone()
+    return LinearGaussianParams(layer.bias.detach().clone(), layer.weight.detach().clone(), noise)
+
+
+@torch.no_grad()
+def sample(decoder: Decoder, num_samples: int, *, generator: torch.Generator | None = None) -> Tensor:
+    """(num_samples, d) the decoder's mean image f(z) (or pixel probabilities) for prior draws z."""
+    weight = decoder.net[-1].weight
+    z = torch.randn(num_samples, decoder.latent_dim, generator=generator, dtype=weight.dtype)
+    out = decoder(z.to(weight.device))
+    return out.sigmoid() if decoder.likelihood == "bernoulli" else out
+
+
+__all__ = ["ACTIVATIONS", "LIKELIHOODS", "Decoder", "as_ppca", "model", "sample"]

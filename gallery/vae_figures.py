@@ -1,0 +1,116 @@
+"""The VAE's figures, as PNG bytes: generated examples, reconstructions beside their inputs, the
+latent means of held-out data, and the training curve."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pyro  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from gallery import vae  # noqa: E402
+from guides import AmortisedNormal, MeanFieldNormal  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _as_images(rows: Tensor, image_shape: tuple[int, int] | None) -> Tensor:
+    """(n, d) -> (n, h, w); rows that are not images are drawn as (1, d) strips."""
+    rows = rows.detach().double().cpu()
+    if image_shape is None:
+        side = math.isqrt(rows.shape[1])
+        image_shape = (side, side) if side * side == rows.shape[1] else (1, rows.shape[1])
+    return rows.reshape(len(rows), *image_shape)
+
+
+def _grid(axes, images: Tensor, title: str | None = None) -> None:
+    for ax, image in zip(axes.flat, images, strict=False):
+        ax.imshow(image.numpy(), cmap="gray_r", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    for ax in axes.flat:
+        ax.set_axis_off()
+    if title:
+        axes.flat[0].figure.suptitle(title)
+
+
+def samples_png(decoder: vae.Decoder, image_shape, *, num_samples: int = 64, seed: int = 0) -> bytes:
+    """f(z) (or sigmoid f(z)) for z drawn from the prior: the generated examples."""
+    generator = torch.Generator().manual_seed(seed)
+    images = _as_images(vae.sample(decoder, num_samples, generator=generator).clamp(0, 1), image_shape)
+    cols = 8
+    fig, axes = plt.subplots(
+        math.ceil(num_samples / cols), cols, figsize=(cols, math.ceil(num_samples / cols))
+    )
+    _grid(axes, images, "generated examples: f(z), z ~ N(0, I)")
+    return _png(fig)
+
+
+def latent_means(guide, data: Tensor) -> Tensor:
+    """(N, p) the means of q(z | x_n): from the encoder, or the per-datapoint table (the rows of
+    ``data`` must then be the ones it was trained on)."""
+    with torch.no_grad():
+        if isinstance(guide, AmortisedNormal):
+            return guide.encode(data).mean
+        if isinstance(guide, MeanFieldNormal):
+            return pyro.param(f"{guide.name}_loc").detach()
+    raise ValueError(f"no latent means for a guide of type {type(guide).__name__}")
+
+
+def reconstructions_png(decoder: vae.Decoder, guide, data: Tensor, image_shape, *, num: int = 16) -> bytes:
+    """Top row inputs x_n, bottom row f(E_q[z | x_n])."""
+    num = min(num, len(data))
+    with torch.no_grad():
+        out = decoder(latent_means(guide, data)[:num])
+        out = out.sigmoid() if decoder.likelihood == "bernoulli" else out
+    inputs, recon = _as_images(data[:num], image_shape), _as_images(out.clamp(0, 1), image_shape)
+    fig, axes = plt.subplots(2, num, figsize=(num * 0.8, 2.0), squeeze=False)
+    _grid(axes[:1], inputs)
+    _grid(axes[1:], recon)
+    axes[0, 0].set_title("x", loc="left", fontsize=8)
+    axes[1, 0].set_title("f(E_q[z|x])", loc="left", fontsize=8)
+    fig.suptitle("reconstructions beside their inputs")
+    return _png(fig)
+
+
+def latent_png(guide, data: Tensor, labels: Tensor | None, title: str) -> bytes:
+    """The latent means, directly when p = 2 (or 1), else their first two principal components."""
+    means = latent_means(guide, data).double().cpu()
+    if means.shape[1] > 2:
+        centred = means - means.mean(0)
+        _, _, v = torch.linalg.svd(centred, full_matrices=False)
+        means, axis = centred @ v[:2].T, "principal component"
+    else:
+        axis = "z"
+    if means.shape[1] == 1:
+        means = torch.cat([means, torch.zeros_like(means)], 1)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), constrained_layout=True)
+    colour = None if labels is None else labels.numpy()
+    points = ax.scatter(means[:, 0].numpy(), means[:, 1].numpy(), c=colour, s=6, cmap="tab10")
+    if labels is not None:
+        fig.colorbar(points, ax=ax, label="label")
+    ax.set(xlabel=f"{axis} 1", ylabel=f"{axis} 2", title=title)
+    return _png(fig)
+
+
+def curve_png(elbo_per_datum: Tensor, lines: dict[str, float], title: str) -> bytes:
+    """SVI's ELBO per step (minibatch estimates) with the final estimates as horizontal lines."""
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    ax.plot(elbo_per_datum.numpy(), lw=0.6, color="C0", label="ELBO per step (minibatch estimate)")
+    for i, (label, value) in enumerate(lines.items()):
+        ax.axhline(value, color=f"C{i + 1}", ls="--", lw=1, label=f"{label}: {value:.4f}")
+    low = float(torch.quantile(elbo_per_datum.float(), 0.05))
+    high = max([float(elbo_per_datum.max()), *lines.values()])
+    ax.set_ylim(low - 0.05 * abs(high - low), high + 0.05 * abs(high - low) + 1e-9)
+    ax.set(xlabel="SVI step", ylabel="nats per datum", title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)

@@ -1,0 +1,204 @@
+"""Checkpoints of an SVI run that resume it exactly, stored as plain tensors and Python numbers.
+
+A checkpoint holds the step, every parameter's unconstrained tensor by its param-store name, the
+state dicts of the networks and of the optimiser and learning-rate schedule, the loss history,
+and the random-number generators' states. It is written to a temporary file and renamed, and
+read with ``torch.load(weights_only=True)``, which refuses any pickle that would build objects
+other than tensors and plain containers (so a crafted file runs no code). Pyro's own
+param-store state pickles constraint objects and would not load that way: the constraints are
+rebuilt in code, by the model and guide's own first call, and only the values are copied in.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import random
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gallery.atomic import write_atomic
+
+FORMAT = "pyro-model-gallery/svi-checkpoint"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Save the SVI run's state to ``path`` every ``every`` steps and at the end; with ``resume``
+    start from the state saved there. ``meta`` holds the settings a resumed run must match."""
+
+    path: Path
+    every: int | None = None
+    resume: bool = False
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.every is not None and self.every < 1:
+            raise ValueError(f"checkpoint every={self.every} must be at least 1 step")
+
+    def due(self, steps_done: int, num_steps: int) -> bool:
+        return self.every is not None and (steps_done % self.every == 0 or steps_done == num_steps)
+
+    def load(self) -> dict:
+        return load_checkpoint(self.path, meta=self.meta)
+
+    def save(self, **state) -> None:
+        save_checkpoint(self.path, meta=self.meta, **state)
+
+
+def rng_state(device: torch.device) -> dict:
+    """The states of torch's CPU (and ``device``'s CUDA) generator, Python's and NumPy's, as
+    tensors and numbers."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    step: int,
+    meta: dict,
+    params: dict[str, Tensor],
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    losses: Tensor,
+    device: torch.device,
+) -> None:
+    """Write the state after ``step`` completed steps to ``path``, atomically.
+
+    :param meta: plain values that a resumed run must match (model, guide, sizes, settings).
+    :param params: unconstrained parameter tensors by param-store name.
+    :param losses: (step,) the loss history so far.
+    """
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "step": step,
+        "meta": meta,
+        "params": {name: tensor.detach().cpu().clone() for name, tensor in params.items()},
+        "modules": {name: {k: v.cpu() for k, v in m.state_dict().items()} for name, m in modules.items()},
+        "optimizer": _to_cpu(optimizer.state_dict()),
+        "scheduler": scheduler.state_dict(),
+        "losses": losses.detach().cpu().clone(),
+        "rng": rng_state(device),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(Path(path), buffer.getvalue())
+
+
+def load_checkpoint(path: Path, *, meta: dict) -> dict:
+    """Read and check a checkpoint; raises ``ValueError`` saying what is wrong with it.
+
+    :param meta: this run's settings; each must equal the checkpoint's."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no checkpoint at {str(path)!r}; start the run without --resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"refusing to load {str(path)!r}: it holds objects other than tensors and plain values "
+            f"({first}); only load checkpoints this gallery wrote"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
+        raise ValueError(
+            f"{str(path)!r} is not a readable checkpoint (corrupt or truncated: {type(err).__name__}); "
+            "delete it and restart the run, or resume from an intact copy"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} is not a checkpoint written by this gallery's SVI loop")
+    if state.get("version") != VERSION:
+        raise ValueError(
+            f"{str(path)!r} is checkpoint format version {state.get('version')}; this gallery reads "
+            f"version {VERSION}"
+        )
+    saved = state["meta"]
+    for key in sorted(set(saved) | set(meta)):
+        if saved.get(key) != meta.get(key):
+            raise ValueError(
+                f"{str(path)!r} was written with {key}={saved.get(key)!r}, this run has "
+                f"{key}={meta.get(key)!r}; resume with the same settings or start a new --out"
+            )
+    return state
+
+
+def restore(
+    state: dict,
+    *,
+    params: dict[str, Tensor],
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+) -> None:
+    """Copy a loaded checkpoint into the live parameters (created by a first call of model and
+    guide, with their constraints), networks, optimiser, schedule and generators."""
+    saved = state["params"]
+    if set(saved) != set(params):
+        missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+        raise ValueError(
+            f"the checkpoint's parameters differ from this model and guide's (missing: {missing[:3]}, "
+            f"unexpected: {extra[:3]}); it is from a different model or guide"
+        )
+    for name, tensor in params.items():
+        if saved[name].shape != tensor.shape:
+            raise ValueError(
+                f"parameter {name!r} has shape {tuple(saved[name].shape)} in the checkpoint but "
+                f"{tuple(tensor.shape)} here; it is from a different model size"
+            )
+    with torch.no_grad():
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+        for name, tensor in params.items():
+            tensor.copy_(saved[name])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"], device)
+
+
+def _to_cpu(value):
+    if isinstance(value, Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+__all__ = [
+    "Checkpointing",
+    "FORMAT",
+    "VERSION",
+    "load_checkpoint",
+    "restore",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
