@@ -7,21 +7,22 @@ Generative process, for each data point n = 1..N:
     x_n | z_n ~ N(f(z_n; lambda), sigma^2 I_d)       Gaussian likelihood, sigma^2: ()
     x_n | z_n ~ Bernoulli(sigmoid(f(z_n; lambda)))   Bernoulli likelihood, for binary x
 
-f is an MLP (:class:`Decoder`), registered with ``pyro.module``; sigma^2 is a ``pyro.param``
-(learned, positive) or a fixed number. With ``hidden=()`` f(z) = A z + b is affine and the
+f is an MLP (:class:`Decoder`), registered with ``pyro.module``; sigma^2 is learned as the
+decoder's parameter ``log_noise_variance`` (so the whole model travels in one state dict), or
+fixed. With ``hidden=()`` f(z) = A z + b is affine and the
 Gaussian model is probabilistic PCA with loading A, loc b and noise sigma^2 (Lucas et al. 2019):
 :func:`as_ppca` reads those parameters back for the exact log-likelihood.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
-from torch.distributions import constraints
 
 from gallery.common import data_plate, resolve_device, resolve_sizes
 from gallery.linear_gaussian import LinearGaussianParams
@@ -39,8 +40,8 @@ class Decoder(nn.Module):
     :param hidden: hidden layer sizes of the MLP; ``()`` is affine, f(z) = A z + b (PPCA).
     :param activation: a key of ``ACTIVATIONS``.
     :param likelihood: ``"gaussian"`` (f is the mean) or ``"bernoulli"`` (f is the logits).
-    :param noise_variance: a fixed sigma^2 for the Gaussian likelihood; ``None`` learns it as the
-        ``pyro.param`` ``"noise_variance"``, starting at ``init_noise_variance``.
+    :param noise_variance: a fixed sigma^2 for the Gaussian likelihood; ``None`` learns it, as
+        log sigma^2 (unconstrained), starting at ``init_noise_variance``.
     """
 
     def __init__(
@@ -62,11 +63,17 @@ class Decoder(nn.Module):
         for name, value in (("noise_variance", noise_variance), ("init_noise_variance", init_noise_variance)):
             if value is not None and not (value > 0 and value < float("inf")):
                 raise ValueError(f"{name}={value} must be a positive, finite number")
+        if likelihood == "bernoulli" and noise_variance is not None:
+            raise ValueError("noise_variance is for the Gaussian likelihood; drop it for bernoulli")
         if latent_dim < 1 or obs_dim < 1:
             raise ValueError(f"latent_dim={latent_dim} and obs_dim={obs_dim} must be at least 1")
         self.latent_dim, self.obs_dim, self.likelihood = latent_dim, obs_dim, likelihood
         self.fixed_noise_variance, self.init_noise_variance = noise_variance, init_noise_variance
         self.net = mlp(latent_dim, obs_dim, hidden, ACTIVATIONS[activation])
+        if likelihood == "gaussian" and noise_variance is None:
+            self.log_noise_variance = nn.Parameter(torch.tensor(math.log(init_noise_variance)))
+        else:
+            self.log_noise_variance = None
 
     @property
     def linear(self) -> bool:
@@ -77,15 +84,12 @@ class Decoder(nn.Module):
         return self.net(z)
 
     def noise_variance(self) -> Tensor:
-        """sigma^2, () : the learned ``pyro.param`` or the fixed value."""
-        weight = self.net[-1].weight
-        if self.fixed_noise_variance is not None:
-            return weight.new_tensor(self.fixed_noise_variance)
-        return pyro.param(
-            "noise_variance",
-            lambda: weight.new_tensor(self.init_noise_variance),
-            constraint=constraints.positive,
-        )
+        """sigma^2, (): learned or fixed."""
+        if self.likelihood != "gaussian":
+            raise ValueError("a Bernoulli decoder has no noise variance")
+        if self.log_noise_variance is not None:
+            return self.log_noise_variance.exp()
+        return self.net[-1].weight.new_tensor(self.fixed_noise_variance)
 
     def likelihood_dist(self, z: Tensor) -> dist.Distribution:
         """p(x | z) with batch shape z.shape[:-1] and event shape (d,)."""
@@ -132,8 +136,7 @@ def as_ppca(decoder: Decoder) -> LinearGaussianParams:
     if not decoder.linear or decoder.likelihood != "gaussian":
         raise ValueError("only an affine decoder with a Gaussian likelihood is PPCA (hidden=(), gaussian)")
     layer = decoder.net[0]
-    with torch.no_grad():
-        noise = decoder.noise_variance().detach().clone()
+    noise = decoder.noise_variance().detach().clone()
     return LinearGaussianParams(layer.bias.detach().clone(), layer.weight.detach().clone(), noise)
 
 

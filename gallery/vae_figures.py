@@ -60,7 +60,7 @@ def latent_means(guide, data: Tensor) -> Tensor:
     ``data`` must then be the ones it was trained on)."""
     with torch.no_grad():
         if isinstance(guide, AmortisedNormal):
-            return guide.encode(data).mean
+            return guide.mean(data)
         if isinstance(guide, MeanFieldNormal):
             return pyro.param(f"{guide.name}_loc").detach()
     raise ValueError(f"no latent means for a guide of type {type(guide).__name__}")

@@ -68,6 +68,20 @@ def prepare_vae(config: RunConfig) -> PreparedVAE:
         math.isfinite(config.noise_variance) and config.noise_variance > 0
     ):
         raise ValueError(f"--noise-variance must be a positive number, got {config.noise_variance}")
+    if config.likelihood not in vae.LIKELIHOODS:
+        raise ValueError(
+            f"unknown likelihood {config.likelihood!r}; choose one of {', '.join(vae.LIKELIHOODS)}"
+        )
+    if config.decoder not in ("mlp", "linear"):
+        raise ValueError(f"unknown decoder {config.decoder!r}; choose mlp or linear")
+    if config.activation not in vae.ACTIVATIONS:
+        raise ValueError(
+            f"unknown activation {config.activation!r}; choose one of {', '.join(vae.ACTIVATIONS)}"
+        )
+    if config.likelihood == "bernoulli" and config.noise_variance is not None:
+        raise ValueError(
+            "--noise-variance is for the Gaussian likelihood; drop it with --likelihood bernoulli"
+        )
     if config.data == "mnist":
         if config.data_dir is None:
             raise ValueError("--data mnist needs --data-dir DIR, a folder with MNIST in torchvision's layout")

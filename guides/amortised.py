@@ -178,6 +178,10 @@ class AmortisedNormal(_Amortised):
         scale_tril = tril - torch.diag_embed(diag) + torch.diag_embed(softplus(diag))
         return full_covariance_normal(loc, scale_tril)
 
+    def mean(self, x: Tensor) -> Tensor:
+        """(B, p) the mean f_mu(x) of q(z | x) for a batch x: (B, d)."""
+        return self.net(self.standardise(x))[..., : self.latent_dim]
+
     def _sample(self, x: Tensor) -> None:
         pyro.sample("z", self.encode(x))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import pickle
 import random
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,10 +122,15 @@ def load_checkpoint(path: Path, *, meta: dict) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if refused:
+            raise ValueError(
+                f"refusing to load {str(path)!r}: it holds objects other than tensors and plain values "
+                f"(it would call {refused.group(1)}); only load checkpoints this gallery wrote"
+            ) from None
         raise ValueError(
-            f"refusing to load {str(path)!r}: it holds objects other than tensors and plain values "
-            f"({first}); only load checkpoints this gallery wrote"
+            f"{str(path)!r} is not a readable checkpoint (corrupt or truncated: not a weights-only pickle); "
+            "delete it and restart the run, or resume from an intact copy"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
         raise ValueError(
