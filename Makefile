@@ -24,6 +24,7 @@ run: setup
 	@for model in $(MODELS); do \
 		$(BIN)/python -m gallery run $$model --data iris --guide $(GUIDE) --out runs/$$model || exit 1; \
 	done
+	$(BIN)/python -m gallery run vae --data digits --out runs/vae
 
 test: setup
 	$(BIN)/ruff check .

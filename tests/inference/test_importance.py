@@ -16,10 +16,10 @@ from inference.svi import fit_svi
 from tests.conftest import known_linear_gaussian, sample_linear_gaussian
 
 
-def test_with_the_exact_posterior_every_weight_is_p_of_x():
+def test_with_the_exact_posterior_every_weight_is_p_of_x(device):
     """q = p(z | x) makes log w = log p(x) for every sample: any K gives the exact answer. The
     tolerance, 1e-10 nats, is float64 rounding."""
-    params = known_linear_gaussian(isotropic=True)
+    params = known_linear_gaussian(isotropic=True, device=device)
     data = sample_linear_gaussian(params, 300)
     exact = ppca.log_likelihood(data, params)
     for num_samples, chunk_size, batch_size in ((1, 1, 300), (7, 3, 64), (250, 100, 50)):

@@ -20,7 +20,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from torch.distributions.constraints import positive
 
 import guides
-from gallery import factor_analysis, gmm, load, ppca
+from gallery import factor_analysis, gmm, load, ppca, vae
 from inference.em import em_gmm, em_linear_gaussian
 from inference.svi import collect_params, fit_svi, make_elbo, minibatches, svi_step
 from tests.conftest import known_gmm, known_linear_gaussian, sample_gmm, sample_linear_gaussian
@@ -290,8 +290,9 @@ def test_divergence_is_an_error_naming_the_step():
 
 
 def test_svi_on_device_without_host_sync(device):
-    """On CUDA the steps after the first run with synchronisation debugging set to "error":
-    any host sync in the step (an .item(), a validation check) would raise."""
+    """fit_svi runs with everything on the device; on CUDA, steps after the first run with
+    synchronisation debugging set to "error": any host sync in a step (an .item(), a validation
+    check) would raise. (fit_svi itself syncs once every 5% of the run, by design.)"""
     data = sample_linear_gaussian(known_linear_gaussian(True, device), 2000)
     init = ppca.init_params(data, 2)
     result = fit_svi(
@@ -307,18 +308,50 @@ def test_svi_on_device_without_host_sync(device):
     assert result.losses.isfinite().all()
     assert pyro.param("loading").device.type == device.type
     if device.type == "cuda":
+        loss_fn = functools.partial(
+            make_elbo(False).differentiable_loss,
+            ppca.model,
+            guides.ppca_posterior,
+            data,
+            init=init,
+            latent_dim=2,
+        )
+        _steps_without_sync(loss_fn, data)
+
+
+@pytest.mark.parametrize("guide_kind", ["amortised", "mean-field"])
+def test_vae_svi_on_device_without_host_sync(device, guide_kind):
+    data = (load("digits").data[:256] / 16).to(device=device, dtype=torch.float32)
+    decoder = vae.Decoder(2, 64, hidden=(16,)).to(device)
+    if guide_kind == "mean-field":
+        guide = guides.MeanFieldNormal(256, 2)
+    else:
+        guide = guides.AmortisedNormal(64, 2, hidden=(16,), **guides.input_scaling(data)).to(device)
+    result = fit_svi(
+        vae.model, guide, data, num_steps=5, batch_size=32, num_particles=4, progress=False, decoder=decoder
+    )
+    assert result.losses.isfinite().all()
+    assert decoder.net[0].weight.device.type == device.type
+    if device.type == "cuda":
+        loss_fn = functools.partial(
+            make_elbo(False, num_particles=4).differentiable_loss, vae.model, guide, data, decoder=decoder
+        )
+        _steps_without_sync(loss_fn, data)
+
+
+def _steps_without_sync(loss_fn, data: torch.Tensor) -> None:
+    """One step to create every parameter and Adam's state, then three under CUDA's sync
+    debugging set to "error"."""
+    subsample = torch.arange(32, device=data.device)
+    _, named = collect_params(lambda s: loss_fn(subsample=s), subsample)
+    params = list(named.values())
+    optimizer = torch.optim.Adam(params, lr=0.01)
+    with pyro.validation_enabled(False):
+        svi_step(lambda s: loss_fn(subsample=s), params, optimizer, subsample)
         torch.cuda.set_sync_debug_mode("error")
         try:
-            fit_svi(
-                ppca.model,
-                guides.ppca_posterior,
-                data,
-                num_steps=20,
-                batch_size=100,
-                progress=False,
-                init=init,
-                latent_dim=2,
-            )
+            for _ in range(3):
+                svi_step(lambda s: loss_fn(subsample=s), params, optimizer, subsample)
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
@@ -342,6 +375,29 @@ def test_svi_step_reads_nothing_back_to_the_host(name, guide_kind, monkeypatch):
         guide = guides.MeanFieldNormal(150, 2)
     elbo = make_elbo(name == "gmm", num_particles=2)
     loss_fn = functools.partial(elbo.differentiable_loss, module.model, guide, data, **kwargs)
+    losses = _steps_with_host_reads_forbidden(loss_fn, 150, monkeypatch)
+    assert all(torch.isfinite(loss) for loss in losses)
+
+
+@pytest.mark.parametrize("guide_kind", ["amortised", "amortised-full", "mean-field"])
+def test_vae_svi_step_reads_nothing_back_to_the_host(guide_kind, monkeypatch):
+    """The same for the VAE (an MLP decoder, learned sigma^2) with each of its guides."""
+    data = load("digits").data.float()[:150] / 16
+    decoder = vae.Decoder(2, 64, hidden=(8,))
+    if guide_kind == "mean-field":
+        guide = guides.MeanFieldNormal(150, 2)
+    else:
+        covariance = "full" if guide_kind == "amortised-full" else "diag"
+        guide = guides.AmortisedNormal(64, 2, hidden=(8,), covariance=covariance)
+    elbo = make_elbo(False, num_particles=2)
+    loss_fn = functools.partial(elbo.differentiable_loss, vae.model, guide, data, decoder=decoder)
+    losses = _steps_with_host_reads_forbidden(loss_fn, 150, monkeypatch)
+    assert all(torch.isfinite(loss) for loss in losses)
+
+
+def _steps_with_host_reads_forbidden(loss_fn, num_data: int, monkeypatch) -> list[torch.Tensor]:
+    """Collect parameters and take one step, then three more steps with every tensor-to-Python
+    conversion made to raise; returns their losses."""
     first = torch.arange(10)
     _, named = collect_params(lambda subsample: loss_fn(subsample=subsample), first)
     params = list(named.values())
@@ -351,7 +407,7 @@ def test_svi_step_reads_nothing_back_to_the_host(name, guide_kind, monkeypatch):
     # Adam keeps its step counts on the CPU (not capturable) and reads them with .item(): those
     # reads stay on the host and are allowed; any other conversion would be a device sync.
     allowed = {id(state["step"]) for state in optimizer.state.values()}
-    batches = [torch.randperm(150)[:10] for _ in range(3)]
+    batches = [torch.randperm(num_data)[:10] for _ in range(3)]
     with pyro.validation_enabled(False):
         for method in ("item", "__bool__", "__float__", "__int__", "tolist"):
             original = getattr(torch.Tensor, method)
@@ -364,7 +420,7 @@ def test_svi_step_reads_nothing_back_to_the_host(name, guide_kind, monkeypatch):
             monkeypatch.setattr(torch.Tensor, method, guarded)
         losses = [step(batch) for batch in batches]
         monkeypatch.undo()
-    assert all(torch.isfinite(loss) for loss in losses)
+    return losses
 
 
 def test_sync_free_estimators_equal_pyros():
