@@ -1,10 +1,11 @@
-"""The model gallery: Gaussian mixture, factor analysis and probabilistic PCA as Pyro models.
+"""The model gallery: Gaussian mixture, factor analysis, probabilistic PCA and the variational
+autoencoder as Pyro models.
 
-Each model module has ``model(data=None, *, ...)``, ``init_params``, ``current_params`` and the
-exact ``log_likelihood``.
+Each EM model module has ``model(data=None, *, ...)``, ``init_params``, ``current_params`` and
+the exact ``log_likelihood``; ``vae`` has ``model(data=None, *, decoder, ...)`` and ``Decoder``.
 """
 
-from gallery import factor_analysis, gmm, linear_gaussian, ppca
+from gallery import factor_analysis, gmm, linear_gaussian, ppca, vae
 from gallery.common import check_data
 from gallery.datasets import Dataset, load
 from gallery.gmm import GMMParams
@@ -20,4 +21,5 @@ __all__ = [
     "linear_gaussian",
     "load",
     "ppca",
+    "vae",
 ]

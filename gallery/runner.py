@@ -56,7 +56,7 @@ class RunConfig:
     resume: bool = False
     data_dir: str | None = None
     gap_rows: int = 200
-    gap_steps: int = 500
+    gap_steps: int = 1000
 
 
 @dataclass(frozen=True)
