@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from gallery.common import data_plate, resolve_device, resolve_sizes
 from gallery.linear_gaussian import LinearGaussianParams
-from guides.amortised import mlp
+from gallery.networks import mlp
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}

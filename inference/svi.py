@@ -100,6 +100,21 @@ def minibatches(
         epoch, position = epoch + 1, 0
 
 
+def make_optimizer(
+    params: list[Tensor], *, lr: float, num_steps: int, final_lr_ratio: float = 0.1
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam over ``params`` with the learning rate decaying geometrically from ``lr`` to
+    ``lr * final_lr_ratio`` over ``num_steps``. Adam is torch's fused kernel where the
+    parameters allow it: on CPU the default per-tensor loop took 1.8 ms per step for the VAE
+    benchmark's 8 tensors, the fused one 0.16 ms (bench/vae_step.py)."""
+    try:
+        optimizer = torch.optim.Adam(params, lr=lr, fused=True)
+    except RuntimeError:  # a device or dtype without the fused kernel
+        optimizer = torch.optim.Adam(params, lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: final_lr_ratio ** (t / num_steps))
+    return optimizer, schedule
+
+
 def svi_step(
     loss_fn: Callable[[Tensor | None], Tensor],
     params: list[Tensor],
@@ -170,8 +185,7 @@ def fit_svi(
 
     _, named_params = collect_params(loss_fn, first)  # creates every parameter, with its constraint
     params = list(named_params.values())
-    optimizer = torch.optim.Adam(params, lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: final_lr_ratio ** (t / num_steps))
+    optimizer, schedule = make_optimizer(params, lr=lr, num_steps=num_steps, final_lr_ratio=final_lr_ratio)
     losses = torch.empty(num_steps, dtype=data.dtype, device=data.device)
     modules = networks(model, guide, model_kwargs)
     state = dict(

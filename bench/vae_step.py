@@ -1,0 +1,335 @@
+"""Benchmark: one SVI step of the gallery's VAE against a plain PyTorch training loop.
+
+Both sides fit the same VAE (Kingma and Welling 2014, Pyro's VAE example [1]: 784-400-z50 with
+ReLU, Bernoulli pixels, Adam at lr 1e-3) with the same single-sample reparameterised estimator
+
+    -ELBO ~= -(N / B) sum_{n in batch} [log p(x_n | z_n) + log p(z_n) - log q(z_n | x_n)],
+    z_n = loc(x_n) + scale(x_n) * eps_n,  eps_n ~ N(0, I),
+
+on the same device-resident synthetic binary data and the same minibatches. "Ours" is the library's
+own path, built as :func:`inference.svi.fit_svi` builds it (``make_elbo``, ``collect_params``, Adam
+with the LambdaLR decay) and timed as ``svi_step`` + ``schedule.step()``; the baseline is an
+``nn.Module`` with the densities written out. Before timing, both are evaluated at identical weights
+and identical eps (the RNG seeded before each call) and must agree in loss and gradient. Pyro's
+stock ``SVI`` with ``Trace_ELBO`` and ``JitTrace_ELBO`` are timed as extra figures. The variants
+take turns within each repeat, so a busy machine slows them alike. Prints one JSON object.
+
+References:
+    1. Pyro's VAE tutorial, https://pyro.ai/examples/vae.html (``examples/vae/vae.py``).
+    2. D. P. Kingma and M. Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from itertools import islice
+
+import pyro
+import torch
+from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from torch import Tensor, nn
+from torch.nn.functional import binary_cross_entropy_with_logits, softplus
+
+from gallery import vae
+from guides import AmortisedNormal
+from inference.svi import collect_params, make_elbo, make_optimizer, minibatches, svi_step, uses_enumeration
+
+LR, FINAL_LR_RATIO = 1e-3, 0.1  # Pyro's VAE example; fit_svi's default decay
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MATCH_RTOL = {torch.float32: 1e-4, torch.float64: 1e-10}  # rounding only; a different estimator is O(1)
+
+Step = Callable[[Tensor], object]  # one training step on the minibatch with these (B,) indices
+
+
+def make_data(num_data: int, obs_dim: int, seed: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(N, d) binary pixels from a random rank-10 logistic model, so the VAE has structure to find."""
+    gen = torch.Generator().manual_seed(seed)
+    rank = min(10, obs_dim)
+    logits = torch.randn(num_data, rank, generator=gen) @ torch.randn(rank, obs_dim, generator=gen)
+    return torch.bernoulli(torch.sigmoid(logits), generator=gen).to(device=device, dtype=dtype)
+
+
+def build_vae(args, data: Tensor) -> tuple[vae.Decoder, AmortisedNormal]:
+    """The library's decoder and amortised guide, from the seed alone (every variant starts alike)."""
+    torch.manual_seed(args.seed)
+    decoder = vae.Decoder(
+        args.latent_dim, args.obs_dim, hidden=(args.hidden,), activation="relu", likelihood=args.likelihood
+    )
+    guide = AmortisedNormal(
+        args.obs_dim, args.latent_dim, hidden=(args.hidden,), activation=nn.ReLU, covariance="diag"
+    )
+    return decoder.to(data), guide.to(data)
+
+
+def lr_lambda(total_steps: int) -> Callable[[int], float]:
+    return lambda t: FINAL_LR_RATIO ** (t / total_steps)
+
+
+def ours(args, data: Tensor, first: Tensor, total_steps: int):
+    """(step, loss_fn, named params, decoder, guide), set up exactly as ``fit_svi`` sets them up."""
+    decoder, guide = build_vae(args, data)
+    enumerate_discrete = uses_enumeration(vae.model, guide, data, subsample=first, decoder=decoder)
+    elbo = make_elbo(enumerate_discrete, num_particles=1)
+
+    def loss_fn(subsample: Tensor | None) -> Tensor:
+        return elbo.differentiable_loss(vae.model, guide, data, subsample=subsample, decoder=decoder)
+
+    _, named_params = collect_params(loss_fn, first)
+    params = list(named_params.values())
+    optimizer, schedule = make_optimizer(params, lr=LR, num_steps=total_steps, final_lr_ratio=FINAL_LR_RATIO)
+
+    def step(subsample: Tensor) -> Tensor:
+        loss = svi_step(loss_fn, params, optimizer, subsample)
+        schedule.step()
+        return loss
+
+    return step, loss_fn, named_params, decoder, guide
+
+
+class PlainVAE(nn.Module):
+    """The same encoder and decoder as plain ``nn.Sequential``s, the -ELBO estimate written out."""
+
+    def __init__(self, obs_dim: int, latent_dim: int, hidden: int, likelihood: str):
+        super().__init__()
+        self.latent_dim, self.likelihood = latent_dim, likelihood
+        self.encoder = nn.Sequential(nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * latent_dim))
+        self.decoder = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, obs_dim))
+        gaussian = likelihood == "gaussian"
+        self.log_noise_variance = nn.Parameter(torch.zeros(())) if gaussian else None
+
+    def forward(self, x: Tensor, num_data: int) -> Tensor:
+        """(B, d) minibatch -> () -ELBO estimate scaled to the N data points."""
+        out = self.encoder(x)  # (B, 2p)
+        loc, scale = out[:, : self.latent_dim], softplus(out[:, self.latent_dim :])  # (B, p)
+        z = loc + scale * torch.empty_like(loc).normal_()  # (B, p), as Normal.rsample draws eps
+        log_q = (-0.5 * ((z - loc) / scale) ** 2 - scale.log() - HALF_LOG_2PI).sum(-1)  # (B,)
+        log_prior = (-0.5 * z**2 - HALF_LOG_2PI).sum(-1)
+        f = self.decoder(z)  # (B, d)
+        if self.likelihood == "bernoulli":
+            log_lik = -binary_cross_entropy_with_logits(f, x, reduction="none").sum(-1)
+        else:
+            log_var = self.log_noise_variance
+            log_lik = (-0.5 * (x - f) ** 2 / log_var.exp() - 0.5 * log_var - HALF_LOG_2PI).sum(-1)
+        return -(num_data / x.shape[0]) * (log_lik + log_prior - log_q).sum()
+
+
+def baseline(args, data: Tensor, decoder: vae.Decoder, guide: AmortisedNormal, total_steps: int):
+    """(step, module): the plain loop, starting from the weights of ``decoder`` and ``guide``."""
+    plain = PlainVAE(args.obs_dim, args.latent_dim, args.hidden, args.likelihood).to(data)
+    plain.encoder.load_state_dict(guide.net.state_dict())
+    plain.decoder.load_state_dict(decoder.net.state_dict())
+    if plain.log_noise_variance is not None:
+        plain.log_noise_variance.data.copy_(decoder.log_noise_variance.detach())
+    # the same optimiser as ours (fused Adam where available): the ratio measures Pyro, not Adam
+    optimizer, schedule = make_optimizer(
+        list(plain.parameters()), lr=LR, num_steps=total_steps, final_lr_ratio=FINAL_LR_RATIO
+    )
+    num_data = data.shape[0]
+
+    def step(subsample: Tensor) -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = plain(data[subsample], num_data)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        return loss.detach()
+
+    return step, plain
+
+
+def check_same_estimator(args, loss_fn, named_params: dict[str, Tensor], plain: PlainVAE, data, subsample):
+    """Loss and gradient of both at the same weights and eps: ``(loss_match, grad_match, ours,
+    baseline)``, relative differences. Raises if they differ by more than rounding."""
+    torch.manual_seed(args.seed + 1)
+    ours_loss = loss_fn(subsample)
+    ours_grads = torch.autograd.grad(ours_loss, list(named_params.values()))
+    torch.manual_seed(args.seed + 1)
+    plain_loss = plain(data[subsample], data.shape[0])
+    by_name = dict(plain.named_parameters())
+    pairs = {f"encoder.{k}": f"amortised_normal$$$net.{k}" for k in plain.encoder.state_dict()}
+    pairs |= {f"decoder.{k}": f"decoder$$$net.{k}" for k in plain.decoder.state_dict()}
+    if plain.log_noise_variance is not None:
+        pairs["log_noise_variance"] = "decoder$$$log_noise_variance"
+    if set(pairs.values()) != set(named_params):
+        raise RuntimeError(f"parameter names differ: {sorted(named_params)} vs {sorted(pairs.values())}")
+    plain_grads = torch.autograd.grad(plain_loss, [by_name[k] for k in pairs])
+    ours_by_name = dict(zip(named_params, ours_grads, strict=True))
+    ours_loss, plain_loss = ours_loss.detach(), plain_loss.detach()
+    loss_match = float((ours_loss - plain_loss).abs() / plain_loss.abs())
+    grad_match = max(
+        float((ours_by_name[ours_name] - g).norm() / g.norm().clamp_min(1e-30))
+        for ours_name, g in zip(pairs.values(), plain_grads, strict=True)
+    )
+    tol = MATCH_RTOL[data.dtype]
+    if not (loss_match < tol and grad_match < 100 * tol):
+        raise RuntimeError(
+            f"the baseline is not the same estimator: relative loss difference {loss_match:.2e}, "
+            f"gradient difference {grad_match:.2e} (tolerance {tol:.0e}); fix PlainVAE before timing"
+        )
+    return loss_match, grad_match, float(ours_loss), float(plain_loss)
+
+
+def pyro_svi(args, data: Tensor, total_steps: int, jit: bool) -> Step:
+    """Pyro's stock ``SVI.step`` with Adam and LambdaLR from ``pyro.optim``. ``JitTrace_ELBO``
+    needs every tensor input positional (it compiles once per distinct keyword value), hence the
+    thin wrappers that pass ``subsample`` by position."""
+    decoder, guide = build_vae(args, data)
+    optim = pyro.optim.LambdaLR(
+        {"optimizer": torch.optim.Adam, "optim_args": {"lr": LR}, "lr_lambda": lr_lambda(total_steps)}
+    )
+    if jit:
+        svi = SVI(
+            lambda x, ind: vae.model(x, subsample=ind, decoder=decoder),
+            lambda x, ind: guide(x, subsample=ind, decoder=decoder),
+            optim,
+            loss=JitTrace_ELBO(ignore_jit_warnings=True),
+        )
+    else:
+        svi = SVI(vae.model, guide, optim, loss=Trace_ELBO())
+
+    def step(subsample: Tensor) -> float:
+        loss = svi.step(data, subsample) if jit else svi.step(data, subsample=subsample, decoder=decoder)
+        optim.step()
+        return loss
+
+    return step
+
+
+def seconds_per_step(step: Step, batches: list[Tensor], device: torch.device) -> float:
+    """Wall-clock seconds per step over ``batches``, the device drained before and after."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for subsample in batches:
+        step(subsample)
+    sync()
+    return (time.perf_counter() - start) / len(batches)
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as lines:
+            return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
+def main(args) -> dict:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch sees no CUDA GPU; use --device cpu")
+    quick_steps, quick_repeats = (20, 3) if args.quick else (100, 5)
+    steps, repeats = args.steps or quick_steps, args.repeats or quick_repeats
+    num_data = args.num_data or 16 * args.batch_size
+    total_steps = args.warmup + steps * repeats
+    data = make_data(num_data, args.obs_dim, args.seed, device, dtype)
+    batches = list(islice(minibatches(num_data, args.batch_size, device, args.seed), total_steps + 1))
+    first, warmup = batches[0], batches[1 : args.warmup + 1]
+    timed = [batches[1 + args.warmup + r * steps :][:steps] for r in range(repeats)]
+
+    param_store = pyro.get_param_store()
+    scopes, variants, errors = {}, {}, {}
+    with param_store.scope() as scopes["ours"]:
+        variants["ours"], loss_fn, named_params, decoder, guide = ours(args, data, first, total_steps)
+    variants["baseline"], plain = baseline(args, data, decoder, guide, total_steps)
+    with pyro.validation_enabled(False), param_store.scope(scopes["ours"]):
+        match = check_same_estimator(args, loss_fn, named_params, plain, data, first)
+    for name, jit in (("pyro_svi", False), ("pyro_jit_svi", True)):
+        try:
+            with param_store.scope() as scopes[name], pyro.validation_enabled(False):
+                variants[name] = pyro_svi(args, data, total_steps, jit)
+                variants[name](first)  # JitTrace_ELBO compiles here
+        except Exception as error:  # recorded in the output in place of a time
+            errors[name] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+            variants.pop(name, None)
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with pyro.validation_enabled(False):
+        for name, step in variants.items():
+            if warmup:
+                with param_store.scope(scopes.get(name)):
+                    seconds_per_step(step, warmup, device)
+        for chunk in timed:  # the variants take turns, so machine load drifts hit them alike
+            for name, step in variants.items():
+                with param_store.scope(scopes.get(name)):
+                    times[name].append(seconds_per_step(step, chunk, device))
+
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    result = {
+        "ours_s": median["ours"],
+        "baseline_s": median["baseline"],
+        "ratio": median["ours"] / median["baseline"],
+    }
+    for name in ("pyro_svi", "pyro_jit_svi"):
+        result[f"{name}_s"] = median.get(name, errors.get(name))
+        result[f"{name}_ratio"] = median[name] / median["baseline"] if name in median else None
+    loss_match, grad_match, ours_loss, plain_loss = match
+    result |= {
+        "loss_match": loss_match,
+        "grad_match": grad_match,
+        "loss_at_init": {"ours": ours_loss, "baseline": plain_loss},
+        "repeats_s": times,
+        "settings": {
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+            "dtype": args.dtype,
+            "batch_size": args.batch_size,
+            "num_data": num_data,
+            "architecture": f"{args.obs_dim}-{args.hidden}-z{args.latent_dim}, relu, diag-normal q",
+            "likelihood": args.likelihood,
+            "lr": LR,
+            "steps": steps,
+            "repeats": repeats,
+            "warmup": args.warmup,
+            "seed": args.seed,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "pyro": pyro.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    parser.add_argument("--quick", action="store_true", help="20 steps x 3 repeats (default 100 x 5)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--num-data", type=int, default=None, help="default 16 x batch size")
+    parser.add_argument("--obs-dim", type=int, default=784)
+    parser.add_argument("--hidden", type=int, default=400)
+    parser.add_argument("--latent-dim", type=int, default=50)
+    parser.add_argument("--likelihood", default="bernoulli", choices=list(vae.LIKELIHOODS))
+    parser.add_argument("--steps", type=int, default=None, help="steps timed per repeat")
+    parser.add_argument("--repeats", type=int, default=None, help="the median over repeats is reported")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps of each variant first")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for name in ("batch_size", "obs_dim", "hidden", "latent_dim"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("steps", "repeats", "num_data", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be at least 0")
+    if args.num_data is not None and args.num_data < args.batch_size:
+        parser.error("--num-data must be at least --batch-size")
+    return args
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(parse_args()), indent=2))
