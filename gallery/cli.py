@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gallery import datasets
 from gallery.registry import GUIDES, MODELS
-from gallery.runner import DTYPES, RunConfig, fit, prepare
+from gallery.runner import DTYPES, RunConfig, arviz_payloads, fit, prepare
 from gallery.vae import ACTIVATIONS, LIKELIHOODS
 
 
@@ -137,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", type=Path, default=None, help="output folder; None: runs/MODEL")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--arviz",
+        action="store_true",
+        help="also write DIR/posterior.nc (ArviZ: draws of the local latents, the ELBO trace) and "
+        "DIR/posterior_summary.csv",
+    )
+    run.add_argument(
+        "--arviz-draws", type=int, default=defaults.arviz_draws, help="posterior draws for --arviz"
+    )
     return parser
 
 
@@ -229,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir,
         gap_rows=args.gap_rows,
         gap_steps=args.gap_steps,
+        arviz=args.arviz,
+        arviz_draws=args.arviz_draws,
     )
     out = args.out if args.out is not None else Path("runs") / args.model
     try:
@@ -275,7 +286,7 @@ def _render(result) -> dict[str, bytes]:
 
     metrics = result.metrics
     elbo_trace = -result.svi.losses.double() / metrics["num_data"]
-    return {
+    payloads = {
         "metrics.json": metrics_bytes(metrics),
         "params.pt": params_bytes(svi=result.svi_params, em=result.em.params, init=result.init_params),
         "training_curve.png": curve_png(
@@ -284,3 +295,17 @@ def _render(result) -> dict[str, bytes]:
             f"{metrics['model']} on {metrics['data']}, guide {metrics['guide']}",
         ),
     }
+    config = result.prepared.config
+    if config.arviz:
+        spec = MODELS[config.model]
+        payloads |= arviz_payloads(
+            spec.module.model,
+            result.guide,
+            result.prepared.data,
+            latent=spec.latent,
+            elbo_per_datum=elbo_trace,
+            num_draws=config.arviz_draws,
+            init=result.init_params,
+            **result.prepared.model_kwargs,
+        )
+    return payloads

@@ -57,6 +57,9 @@ class RunConfig:
     data_dir: str | None = None
     gap_rows: int = 200
     gap_steps: int = 1000
+    # ArviZ output: posterior draws of the local latents and the ELBO trace
+    arviz: bool = False
+    arviz_draws: int = 100
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def prepare(config: RunConfig) -> Prepared:
     if config.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
     device = check_device(config.device)
-    for name in ("num_steps", "num_particles", "eval_particles", "components", "latent_dim"):
+    for name in ("num_steps", "num_particles", "eval_particles", "components", "latent_dim", "arviz_draws"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if config.em_iters < 0:
@@ -151,6 +154,8 @@ class RunResult:
     em: EMResult
     svi_params: object
     init_params: object
+    guide: object = None
+    prepared: Prepared | None = None
 
 
 def fit(prepared: Prepared) -> RunResult:
@@ -235,7 +240,22 @@ def fit(prepared: Prepared) -> RunResult:
             ppca_max_log_likelihood(data64, config.latent_dim)
         )
     metrics["seconds"] = time.perf_counter() - start
-    return RunResult(metrics, svi_result, em_result, svi_params, init)
+    return RunResult(metrics, svi_result, em_result, svi_params, init, guide, prepared)
 
 
-__all__ = ["DTYPES", "Prepared", "RunConfig", "RunResult", "fit", "prepare"]
+def arviz_payloads(
+    model, guide, data: Tensor, *, latent: str, elbo_per_datum: Tensor, num_draws: int, **kwargs
+):
+    """``posterior.nc`` and ``posterior_summary.csv`` for ``--arviz`` (see gallery.arviz_export)."""
+    from gallery import arviz_export
+
+    dataset = arviz_export.export(
+        model, guide, data, latent=latent, elbo_per_datum=elbo_per_datum, num_draws=num_draws, **kwargs
+    )
+    return {
+        "posterior.nc": arviz_export.netcdf_bytes(dataset),
+        "posterior_summary.csv": arviz_export.summary_csv(dataset),
+    }
+
+
+__all__ = ["DTYPES", "Prepared", "RunConfig", "RunResult", "arviz_payloads", "fit", "prepare"]

@@ -7,8 +7,9 @@ import io
 import pyro
 import torch
 
-from gallery import vae_figures
+from gallery import vae, vae_figures
 from gallery.outputs import metrics_bytes
+from gallery.runner import arviz_payloads
 from gallery.vae_run import VAERunResult
 
 
@@ -44,7 +45,8 @@ def render(result: VAERunResult) -> dict[str, bytes]:
     if "closed_form_log_likelihood_per_datum" in metrics:
         lines["PPCA max log p(x) (train)"] = metrics["closed_form_log_likelihood_per_datum"]
     title = f"vae on {metrics['data']}, guide {metrics['guide']}, p = {metrics['latent_dim']}"
-    return {
+    elbo_trace = -result.svi.losses.double() / metrics["num_data"]
+    payloads = {
         "metrics.json": metrics_bytes(metrics),
         "params.pt": params_bytes(result),
         "training_curve.png": vae_figures.curve_png(
@@ -56,6 +58,18 @@ def render(result: VAERunResult) -> dict[str, bytes]:
         ),
         "latent.png": vae_figures.latent_png(result.guide, shown, labels, f"latent means of {which} data"),
     }
+    config = prepared.config
+    if config.arviz:
+        payloads |= arviz_payloads(
+            vae.model,
+            result.guide,
+            prepared.train,
+            latent="z",
+            elbo_per_datum=elbo_trace,
+            num_draws=config.arviz_draws,
+            decoder=result.decoder,
+        )
+    return payloads
 
 
 def summary(metrics: dict) -> str:

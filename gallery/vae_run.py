@@ -51,7 +51,7 @@ def prepare_vae(config: RunConfig) -> PreparedVAE:
     if config.dtype is not None and config.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
     dtype = DTYPES["float32" if config.dtype is None else config.dtype]
-    for name in ("num_steps", "num_particles", "latent_dim", "gap_steps"):
+    for name in ("num_steps", "num_particles", "latent_dim", "gap_steps", "arviz_draws"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
     if config.eval_particles is not None and config.eval_particles < 1:
@@ -167,7 +167,16 @@ def build_guide(config: RunConfig, train: Tensor):
 
 def checkpoint_meta(config: RunConfig) -> dict:
     """The settings a resumed run must share with the one that wrote the checkpoint."""
-    skip = {"progress", "resume", "checkpoint_every", "eval_particles", "gap_rows", "gap_steps"}
+    skip = {
+        "progress",
+        "resume",
+        "checkpoint_every",
+        "eval_particles",
+        "gap_rows",
+        "gap_steps",
+        "arviz",
+        "arviz_draws",
+    }
     return {
         key: list(value) if isinstance(value, tuple) else value
         for key, value in asdict(config).items()
