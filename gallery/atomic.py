@@ -12,6 +12,7 @@ def write_atomic(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` by a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())
@@ -23,6 +24,39 @@ def write_atomic(path: Path, payload: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_all_atomic(folder: Path, payloads: dict[str, bytes]) -> None:
+    """Write every file of ``payloads`` ({name: bytes}) into ``folder``: all to temporary files
+    first, then each renamed into place, so a failure while writing (a full disk, a kill)
+    leaves every earlier result as it was; only a crash between the renames, microseconds
+    apart, can leave some files new and some old."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[str, Path]] = []
+    for name in payloads:
+        _remove_stale(folder, name)
+    try:
+        for name, payload in payloads.items():
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+            staged.append((tmp, folder / name))
+            os.chmod(tmp, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _remove_stale(folder: Path, name: str) -> None:
+    """Delete temporary files of ``name`` left by an earlier run that was killed mid-write."""
+    for stale in folder.glob(f".{name}.*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def _umask() -> int:

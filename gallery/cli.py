@@ -120,8 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     vae.add_argument(
         "--heldout-fraction", type=float, default=defaults.heldout_fraction, help="0: train on all rows"
     )
-    vae.add_argument("--checkpoint-every", type=int, default=None, help="steps; writes DIR/checkpoint.pt")
-    vae.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     vae.add_argument("--data-dir", default=None, help="a folder with MNIST in torchvision's layout")
     vae.add_argument(
         "--gap-rows",
@@ -137,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", type=Path, default=None, help="output folder; None: runs/MODEL")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="SVI steps; writes DIR/checkpoint.pt (and at the end)",
+    )
+    run.add_argument("--resume", action="store_true", help="continue the SVI run from DIR/checkpoint.pt")
     run.add_argument(
         "--arviz",
         action="store_true",
@@ -253,15 +258,14 @@ def main(argv: list[str] | None = None) -> int:
                 result = fit_vae(prepare_vae(config), out)
                 payloads, summary = vae_output.render(result), vae_output.summary(result.metrics)
             else:
-                result = fit(prepare(config))
+                result = fit(prepare(config), out)
                 payloads, summary = _render(result), _summary(result.metrics)
     except ValueError as err:
         print(f"python -m gallery run: error: {err}", file=sys.stderr)
         return 2
-    from gallery.outputs import write_atomic
+    from gallery.atomic import write_all_atomic
 
-    for name, payload in payloads.items():
-        write_atomic(out / name, payload)
+    write_all_atomic(out, payloads)
     print(summary)
     for warning in {str(w.message) for w in caught}:
         print(f"note: {warning}")

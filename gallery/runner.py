@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import pyro
 import torch
@@ -17,6 +18,7 @@ from torch import Tensor
 from gallery import datasets
 from gallery.registry import MODELS, check_guide, make_guide
 from inference import evaluate
+from inference.checkpoint import Checkpointing
 from inference.em import EMResult, ppca_max_log_likelihood
 from inference.svi import SVIResult, fit_svi
 
@@ -85,6 +87,8 @@ def prepare(config: RunConfig) -> Prepared:
     for name in ("num_steps", "num_particles", "eval_particles", "components", "latent_dim", "arviz_draws"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.checkpoint_every is not None and config.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be at least 1, got {config.checkpoint_every}")
     if config.em_iters < 0:
         raise ValueError(f"--em-iters must be at least 0, got {config.em_iters}")
     if config.lr is not None and not (math.isfinite(config.lr) and config.lr > 0):
@@ -158,8 +162,34 @@ class RunResult:
     prepared: Prepared | None = None
 
 
-def fit(prepared: Prepared) -> RunResult:
-    """Fit by EM and by SVI from the same initial parameters; return metrics and histories."""
+def checkpointing(config: RunConfig, out: Path | None) -> Checkpointing | None:
+    """``out/checkpoint.pt`` every ``--checkpoint-every`` steps, or resumed with ``--resume``; the
+    checkpoint records every setting a resumed run must share."""
+    if config.checkpoint_every is None and not config.resume:
+        return None
+    if out is None:
+        raise ValueError("--checkpoint-every and --resume need an output folder")
+    skip = {
+        "progress",
+        "resume",
+        "checkpoint_every",
+        "eval_particles",
+        "gap_rows",
+        "gap_steps",
+        "arviz",
+        "arviz_draws",
+    }
+    meta = {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in asdict(config).items()
+        if key not in skip
+    }
+    return Checkpointing(Path(out) / "checkpoint.pt", config.checkpoint_every, config.resume, meta)
+
+
+def fit(prepared: Prepared, out: Path | None = None) -> RunResult:
+    """Fit by EM and by SVI from the same initial parameters; return metrics and histories.
+    With ``--checkpoint-every`` or ``--resume`` the SVI run checkpoints to ``out``."""
     config, data, kwargs = prepared.config, prepared.data, prepared.model_kwargs
     spec = MODELS[config.model]
     start = time.perf_counter()
@@ -199,6 +229,7 @@ def fit(prepared: Prepared) -> RunResult:
         num_particles=config.num_particles,
         seed=config.seed,
         progress=config.progress,
+        checkpoint=checkpointing(config, out),
         init=init,
         **kwargs,
     )

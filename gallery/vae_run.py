@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyro
@@ -18,8 +18,7 @@ from torch import Tensor
 
 import guides
 from gallery import datasets, linear_gaussian, vae
-from gallery.runner import DTYPES, RunConfig, check_device, learning_rate
-from inference.checkpoint import Checkpointing
+from gallery.runner import DTYPES, RunConfig, check_device, checkpointing, learning_rate
 from inference.em import ppca_max_log_likelihood
 from inference.gaps import best_local_estimate, inference_gaps
 from inference.importance import importance_estimate
@@ -165,25 +164,6 @@ def build_guide(config: RunConfig, train: Tensor):
     return encoder.to(device=train.device, dtype=train.dtype)
 
 
-def checkpoint_meta(config: RunConfig) -> dict:
-    """The settings a resumed run must share with the one that wrote the checkpoint."""
-    skip = {
-        "progress",
-        "resume",
-        "checkpoint_every",
-        "eval_particles",
-        "gap_rows",
-        "gap_steps",
-        "arviz",
-        "arviz_draws",
-    }
-    return {
-        key: list(value) if isinstance(value, tuple) else value
-        for key, value in asdict(config).items()
-        if key not in skip
-    }
-
-
 @dataclass(frozen=True)
 class VAERunResult:
     metrics: dict
@@ -204,11 +184,7 @@ def fit_vae(prepared: PreparedVAE, out: Path) -> VAERunResult:
     lr = learning_rate(config)
     num_particles_eval = 1000 if config.eval_particles is None else config.eval_particles
     batch_size = min(config.batch_size or DEFAULT_BATCH_SIZE, train.shape[0])
-    checkpoint = None
-    if config.checkpoint_every is not None or config.resume:
-        checkpoint = Checkpointing(
-            out / "checkpoint.pt", config.checkpoint_every, config.resume, checkpoint_meta(config)
-        )
+    checkpoint = checkpointing(config, out)
     initial = importance_estimate(vae.model, guide, train, num_samples=num_particles_eval, decoder=decoder)
     svi = fit_svi(
         vae.model,
