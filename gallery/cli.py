@@ -12,7 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from gallery import datasets
+from gallery import compare, datasets
 from gallery.registry import GUIDES, MODELS
 from gallery.runner import DTYPES, RunConfig, arviz_payloads, fit, prepare
 from gallery.vae import ACTIVATIONS, LIKELIHOODS
@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m gallery", description="Latent-variable models on Pyro.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     commands.add_parser("list", help="print the models, guides and bundled data sets")
+    compare_parser = commands.add_parser(
+        "compare",
+        help="every model with every guide that fits it, against the exact answer",
+        description=compare.__doc__.strip().splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    compare.add_arguments(compare_parser)
     run = commands.add_parser(
         "run",
         help="fit one model by SVI and by exact EM from the same start",
@@ -165,6 +172,8 @@ def _list() -> None:
     print("bundled data sets:")
     for name, text in datasets.BUNDLED.items():
         print(f"  {name:16s} {text}")
+    print(f"  {'mnist':16s} MNIST's 60,000 training images, read from --data-dir (never downloaded)")
+    print("  or a path to a .npy, .npz or .csv file with one observation per row")
 
 
 def _summary(metrics: dict) -> str:
@@ -210,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         _list()
         return 0
+    if args.command == "compare":
+        return compare.run(args)
     is_vae = args.model == "vae"
     config = RunConfig(
         model=args.model,

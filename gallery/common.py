@@ -65,7 +65,8 @@ def fresh(tensor: Tensor) -> Tensor:
 def check_data(data: Tensor, *, name: str = "data") -> Tensor:
     """Validate an observation matrix at a public entry point and return it unchanged.
 
-    Checks: a tensor, floating point, 2-D with at least one row and column, all finite.
+    Checks: a tensor, floating point, 2-D with at least one row and column, all finite, and
+    small enough that sums of squares (variances, distances) do not overflow the dtype.
     """
     if not isinstance(data, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(data).__name__}")
@@ -85,6 +86,12 @@ def check_data(data: Tensor, *, name: str = "data") -> Tensor:
         more = " ..." if len(bad_rows) > 5 else ""
         raise ValueError(
             f"{name} has NaN or inf in {len(bad_rows)} row(s) (rows {shown}{more}); remove or impute them"
+        )
+    if not bool(torch.isfinite(data.pow(2).sum(0)).all()):
+        raise ValueError(
+            f"{name} has values too large for {str(data.dtype).removeprefix('torch.')} arithmetic (largest "
+            f"magnitude {float(data.abs().max()):.3g}: their squares overflow); rescale the data "
+            "(divide it by a power of ten)"
         )
     return data
 

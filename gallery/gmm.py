@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from gallery.common import data_plate, fresh, resolve_device, resolve_sizes
+from gallery.common import check_data, data_plate, fresh, resolve_device, resolve_sizes
 
 COVARIANCE_TYPES = ("full", "diag")
 
@@ -80,7 +80,7 @@ def init_params(
     fractions, covariances those of the clusters plus 1e-6 I (the diagonal of them for
     ``"diag"``). Same dtype and device as ``data`` (N, D); random draws use ``generator``."""
     _check_covariance_type(covariance_type)
-    num_data, obs_dim = data.shape
+    num_data, obs_dim = check_data(data).shape
     if not 1 <= num_components <= num_data:
         raise ValueError(
             f"num_components={num_components} needs 1 <= num_components <= num_data={num_data}; "
@@ -96,7 +96,14 @@ def init_params(
     weights = count / count.sum()
     if covariance_type == "diag":
         return GMMParams(weights, loc, scale=cov.diagonal(dim1=-2, dim2=-1).sqrt())
-    return GMMParams(weights, loc, scale_tril=torch.linalg.cholesky(cov))
+    scale_tril, info = torch.linalg.cholesky_ex(cov)
+    if bool(info.any()):
+        raise ValueError(
+            "a starting cluster's covariance is not positive definite (too few distinct points in it, "
+            "or data so large that the 1e-6 floor is lost in rounding); use fewer components, or "
+            "standardise the data (--standardize)"
+        )
+    return GMMParams(weights, loc, scale_tril=scale_tril)
 
 
 def _kmeans(data: Tensor, num_clusters: int, num_iters: int, generator: torch.Generator | None) -> Tensor:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from gallery.common import data_plate, fresh, resolve_device, resolve_sizes
+from gallery.common import check_data, data_plate, fresh, resolve_device, resolve_sizes
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def init_params(
 ) -> LinearGaussianParams:
     """loc at the data mean, a small random loading (entries N(0, 0.1^2 var)), noise at the
     data variance (its mean for PPCA). Same dtype and device as ``data`` (N, d)."""
-    obs_dim = data.shape[1]
+    obs_dim = check_data(data).shape[1]
     check_latent_dim(latent_dim, obs_dim)
     var = data.var(0, correction=0).clamp_min(1e-6)  # (d,)
     noise = torch.randn(obs_dim, latent_dim, generator=generator, dtype=data.dtype)

@@ -127,6 +127,8 @@ def prepare(config: RunConfig) -> Prepared:
                 f"--latent-dim {config.latent_dim} must be smaller than the data dimension {obs_dim}"
             )
         model_kwargs = {"latent_dim": config.latent_dim}
+    if config.model == "ppca":
+        ppca_max_log_likelihood(data, config.latent_dim)  # refuses data with no maximum
     data = data.to(device=device, dtype=DTYPES[config.dtype])
     return Prepared(config, data, dataset.labels, model_kwargs, "+".join(steps) or "none")
 

@@ -170,9 +170,23 @@ def ppca_closed_form(data: Tensor, latent_dim: int) -> LinearGaussianParams:
     sample_cov = centred.T @ centred / num_data
     eigvals, eigvecs = torch.linalg.eigh(sample_cov)  # ascending
     eigvals, eigvecs = eigvals.flip(0), eigvecs.flip(1)
-    noise_variance = eigvals[latent_dim:].mean()
+    noise_variance = ppca_noise_variance(eigvals, latent_dim)
     loading = eigvecs[:, :latent_dim] * (eigvals[:latent_dim] - noise_variance).clamp_min(0).sqrt()
     return LinearGaussianParams(loc, loading, noise_variance)
+
+
+def ppca_noise_variance(eigvals: Tensor, latent_dim: int) -> Tensor:
+    """sigma^2 = the mean of the d - p smallest eigenvalues (``eigvals`` descending). Raises when
+    it is 0 to rounding: the data then lie in a p-dimensional subspace, where the likelihood
+    grows without bound as sigma^2 -> 0 and has no maximum."""
+    noise_variance = eigvals[latent_dim:].mean()
+    if not bool(noise_variance > 1e-12 * eigvals[0].abs().clamp_min(torch.finfo(eigvals.dtype).tiny)):
+        raise ValueError(
+            f"the data lie in a {latent_dim}-dimensional subspace (the other directions have variance "
+            f"{float(noise_variance):.3g}), where PPCA's likelihood has no maximum; use a --latent-dim "
+            "below the data's rank, or drop duplicated or collinear columns"
+        )
+    return noise_variance
 
 
 def ppca_max_log_likelihood(data: Tensor, latent_dim: int) -> Tensor:
@@ -181,7 +195,7 @@ def ppca_max_log_likelihood(data: Tensor, latent_dim: int) -> Tensor:
     num_data, obs_dim = data.shape
     centred = data - data.mean(0)
     eigvals = torch.linalg.eigvalsh(centred.T @ centred / num_data).flip(0)
-    noise_variance = eigvals[latent_dim:].mean()
+    noise_variance = ppca_noise_variance(eigvals, latent_dim)
     return -0.5 * (
         obs_dim * math.log(2 * math.pi)
         + eigvals[:latent_dim].log().sum()

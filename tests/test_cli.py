@@ -254,3 +254,11 @@ def test_mean_field_mixture_starts_at_the_e_step_and_reaches_em(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     em = metrics["em_log_likelihood_per_datum"]
     assert metrics["log_likelihood_per_datum"] >= em - 1e-3 * abs(em)
+
+
+def test_compare_and_figures_are_commands_with_help(capsys):
+    for command in ("compare",):
+        assert run_main([command, "--help"]) == 0
+        assert f"python -m gallery {command}" in capsys.readouterr().out
+    assert run_main(["compare", "--num-steps", "0", "--no-progress"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
