@@ -196,14 +196,23 @@ def fit_svi(
             raise ValueError(f"the checkpoint is at step {resumed['step']}, past --num-steps {num_steps}")
         restore(resumed, **state)
         losses[:start_step] = resumed["losses"].to(losses)
+    saved_note = ""
+    if checkpoint is not None and checkpoint.every is not None and resumed is None:
+        checkpoint.save(step=0, losses=losses[:0], **state)  # the starting point is on disk too
+        saved_note = f"; the last good checkpoint (step 0) is kept at {checkpoint.path}"
     log_every = max(1, num_steps // 20)
     start = clock(data)
-    saved_note = ""
     with pyro.validation_enabled(False):  # argument checks would sync with the host every step
         bar = tqdm(range(start_step, num_steps), desc="SVI", disable=not progress, leave=False)
         subsample = first
         for step in bar:
-            losses[step] = svi_step(loss_fn, params, optimizer, subsample, grad_hook)
+            try:
+                losses[step] = svi_step(loss_fn, params, optimizer, subsample, grad_hook)
+            except torch.linalg.LinAlgError as err:  # a covariance the parameters imply broke down
+                reason = str(err).splitlines()[0].rstrip(".")
+                raise ValueError(
+                    f"SVI diverged at step {step}: {reason}; lower the learning rate{saved_note}"
+                ) from None
             schedule.step()
             subsample = next(batches)
             if (step + 1) % log_every == 0:  # one host sync every 5% of the run

@@ -97,8 +97,8 @@ def reference(tmp_path_factory) -> dict:
     "name, mode, count, checkpoint_step",
     [
         ("vae", "step", 25, 20),  # in the 25th step; checkpoints at 10 and 20 are on disk
-        ("vae", "checkpoint-write", 3, 20),  # half-way through writing the step-30 checkpoint
-        ("vae", "after-checkpoint", 2, 20),  # just after the step-20 checkpoint was renamed in
+        ("vae", "checkpoint-write", 4, 20),  # half-way through writing the step-30 checkpoint
+        ("vae", "after-checkpoint", 3, 20),  # just after the step-20 checkpoint (after 0, 10) was renamed in
         ("vae", "evaluation", 2, 40),  # training done, final checkpoint on disk
         ("vae", "outputs", 1, 40),  # result files staged, none renamed yet
         ("ppca", "step", 33, 30),
