@@ -53,6 +53,21 @@ def write_all_atomic(folder: Path, payloads: dict[str, bytes]) -> None:
         raise
 
 
+def check_writable_folder(out: Path, flag: str = "--out") -> None:
+    """``out`` must be a folder, or a path whose nearest existing parent is a folder we can
+    write into; raises ``ValueError`` saying which it is not."""
+    out = Path(out)
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(
+            f"{flag} {str(out)!r}: {str(existing)!r} is a file, not a folder; give a folder path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {str(out)!r}: no permission to write in {str(existing)!r}")
+
+
 def _remove_stale(folder: Path, name: str) -> None:
     """Delete temporary files of ``name`` left by an earlier run that was killed mid-write."""
     for stale in folder.glob(f".{name}.*.tmp"):

@@ -7,12 +7,12 @@ an existing ``--out`` folder as it was.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
 
-from gallery import compare, datasets
+from gallery import compare, datasets, figures
+from gallery.atomic import check_writable_folder, write_all_atomic
 from gallery.registry import GUIDES, MODELS
 from gallery.runner import DTYPES, RunConfig, arviz_payloads, fit, prepare
 from gallery.vae import ACTIVATIONS, LIKELIHOODS
@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     compare.add_arguments(compare_parser)
+    figures_parser = commands.add_parser(
+        "figures",
+        help="redraw the lecture's figures from models fitted in this run",
+        description="Redraw the lecture's figures from models fitted in this run, one PNG each, "
+        "with captions in DIR/index.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    figures.add_arguments(figures_parser)
     run = commands.add_parser(
         "run",
         help="fit one model by SVI and by exact EM from the same start",
@@ -221,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "compare":
         return compare.run(args)
+    if args.command == "figures":
+        return figures.run(args)
     is_vae = args.model == "vae"
     config = RunConfig(
         model=args.model,
@@ -259,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     out = args.out if args.out is not None else Path("runs") / args.model
     try:
-        _check_out(out)
+        check_writable_folder(out)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if is_vae:
@@ -274,25 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"python -m gallery run: error: {err}", file=sys.stderr)
         return 2
-    from gallery.atomic import write_all_atomic
-
     write_all_atomic(out, payloads)
     print(summary)
     for warning in {str(w.message) for w in caught}:
         print(f"note: {warning}")
     print(f"wrote {', '.join(str(out / name) for name in payloads)}")
     return 0
-
-
-def _check_out(out: Path) -> None:
-    """The output folder, or its nearest existing parent, must be a folder we can write into."""
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"--out {str(out)!r}: {str(existing)!r} is a file, not a folder; give a folder path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {str(out)!r}: no permission to write in {str(existing)!r}")
 
 
 def _render(result) -> dict[str, bytes]:

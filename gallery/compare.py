@@ -26,7 +26,6 @@ import argparse
 import csv
 import io
 import math
-import os
 import sys
 import time
 import warnings
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from gallery.atomic import write_all_atomic
+from gallery.atomic import check_writable_folder, write_all_atomic
 from gallery.registry import GUIDES, MODELS, check_guide
 from gallery.runner import RunConfig, fit, prepare
 from gallery.vae_run import VAE_GUIDES, fit_vae, prepare_vae
@@ -336,21 +335,10 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join([*parts, "--device", args.device, "--seed", str(args.seed), "--out", str(args.out)])
 
 
-def check_out(out: Path) -> None:
-    """The output folder, or its nearest existing parent, must be a folder we can write into."""
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"--out {str(out)!r}: {str(existing)!r} is a file, not a folder; give a folder path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {str(out)!r}: no permission to write in {str(existing)!r}")
-
-
 def run(args: argparse.Namespace) -> int:
     """Check everything, fit every row, check the bounds, and only then write the three files."""
     try:
-        check_out(args.out)
+        check_writable_folder(args.out)
         fits = plan(args)
     except ValueError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

@@ -83,22 +83,47 @@ def reconstructions_png(decoder: vae.Decoder, guide, data: Tensor, image_shape, 
 
 
 def latent_png(guide, data: Tensor, labels: Tensor | None, title: str) -> bytes:
-    """The latent means, directly when p = 2 (or 1), else their first two principal components."""
+    """The latent means, directly when p = 2 (or 1), else their first two principal components;
+    coloured by label when there are labels."""
     means = latent_means(guide, data).double().cpu()
+    axis = "z"
     if means.shape[1] > 2:
         centred = means - means.mean(0)
         _, _, v = torch.linalg.svd(centred, full_matrices=False)
         means, axis = centred @ v[:2].T, "principal component"
-    else:
-        axis = "z"
     if means.shape[1] == 1:
         means = torch.cat([means, torch.zeros_like(means)], 1)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5), constrained_layout=True)
-    colour = None if labels is None else labels.numpy()
-    points = ax.scatter(means[:, 0].numpy(), means[:, 1].numpy(), c=colour, s=6, cmap="tab10")
     if labels is not None:
-        fig.colorbar(points, ax=ax, label="label")
+        return labelled_latent_png(means, labels, title, axis)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), constrained_layout=True)
+    ax.scatter(means[:, 0].numpy(), means[:, 1].numpy(), s=6)
     ax.set(xlabel=f"{axis} 1", ylabel=f"{axis} 2", title=title)
+    return _png(fig)
+
+
+def labelled_latent_png(means: Tensor, labels: Tensor, title: str, axis: str = "z") -> bytes:
+    """(N, 2) latent means coloured by label, one legend entry per label, each label written at
+    its points' median. ``axis`` names the coordinates ("z", or "principal component")."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), constrained_layout=True)
+    for label in labels.unique().tolist():
+        rows = means[labels == label]
+        ax.scatter(
+            rows[:, 0].numpy(), rows[:, 1].numpy(), s=5, color=plt.cm.tab10(label % 10), label=str(label)
+        )
+        centre = rows.median(0).values.tolist()
+        ax.text(
+            *centre,
+            str(label),
+            fontsize=13,
+            weight="bold",
+            ha="center",
+            va="center",
+            bbox={"boxstyle": "circle,pad=0.15", "fc": "white", "ec": plt.cm.tab10(label % 10), "alpha": 0.8},
+        )
+    names = ("E_q[z1 | x]", "E_q[z2 | x]") if axis == "z" else (f"{axis} 1", f"{axis} 2")
+    ax.set(xlabel=names[0], ylabel=names[1], title=title)
+    ax.legend(title="label", loc="center left", bbox_to_anchor=(1, 0.5), markerscale=3, fontsize=8)
+    ax.grid(alpha=0.3)
     return _png(fig)
 
 

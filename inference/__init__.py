@@ -17,6 +17,7 @@ from inference.evaluate import BoundDecomposition, decompose, elbo, gaussian_kl,
 from inference.gaps import InferenceGaps, best_local_estimate, inference_gaps
 from inference.importance import ImportanceEstimate, importance_estimate
 from inference.svi import SVIResult, collect_params, fit_svi, make_elbo, minibatches, svi_step
+from inference.vem import VEMResult, run_vem
 
 __all__ = [
     "BoundDecomposition",
@@ -25,6 +26,7 @@ __all__ = [
     "ImportanceEstimate",
     "InferenceGaps",
     "SVIResult",
+    "VEMResult",
     "best_local_estimate",
     "collect_params",
     "decompose",
@@ -46,6 +48,7 @@ __all__ = [
     "ppca_closed_form",
     "ppca_max_log_likelihood",
     "run_em",
+    "run_vem",
     "save_checkpoint",
     "svi_step",
 ]

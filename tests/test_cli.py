@@ -257,8 +257,9 @@ def test_mean_field_mixture_starts_at_the_e_step_and_reaches_em(tmp_path):
 
 
 def test_compare_and_figures_are_commands_with_help(capsys):
-    for command in ("compare",):
+    for command in ("compare", "figures"):
         assert run_main([command, "--help"]) == 0
         assert f"python -m gallery {command}" in capsys.readouterr().out
-    assert run_main(["compare", "--num-steps", "0", "--no-progress"]) == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    for command in ("compare", "figures"):
+        assert run_main([command, "--num-steps", "0", "--no-progress"]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
