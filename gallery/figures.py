@@ -23,11 +23,48 @@ import sys
 import time
 from pathlib import Path
 
-from gallery.atomic import check_writable_folder, write_all_atomic
-from gallery.lecture_figures import FILES, Figure, Settings, make_figures
-from gallery.runner import check_device
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from gallery import datasets  # noqa: E402
+from gallery.atomic import check_writable_folder, write_all_atomic  # noqa: E402
+from gallery.lecture_figures import (  # noqa: E402
+    FILES,
+    Figure,
+    Settings,
+    decomposition_figure,
+    em_vs_svi_figure,
+    kl_figure,
+    vem_figure,
+)
+from gallery.model_figures import gmm_figure, linear_gaussian_figure, vae_figure_files  # noqa: E402
+from gallery.runner import check_device  # noqa: E402
 
 PROG = "python -m gallery figures"
+
+
+def make_figures(settings: Settings, progress: bool = True) -> list[Figure]:
+    """Fit everything and draw every figure, in memory; nothing is written."""
+    iris = datasets.load("iris")
+    with plt.rc_context({"font.size": 9}), tqdm(total=7, desc="figures", disable=not progress) as bar:
+
+        def step(label: str, draw, *args):
+            bar.set_postfix_str(label)
+            made = draw(*args)
+            bar.update()
+            return made
+
+        kl = step("KL", kl_figure, settings)
+        em_svi, ppca_fit = step("EM vs SVI", em_vs_svi_figure, settings, iris)
+        mixture = step("mixture", gmm_figure, settings, iris)
+        linear = step("FA and PPCA", linear_gaussian_figure, settings, iris)
+        vae = step("VAE", vae_figure_files, settings)
+        decomposition = step("decomposition", decomposition_figure, settings, ppca_fit)
+        vem = step("variational EM", vem_figure, settings, iris)
+    return [kl, em_svi, mixture, linear, *vae, decomposition, vem]
 
 
 def index_markdown(figures: list[Figure], settings: Settings, seconds: float) -> bytes:

@@ -101,7 +101,7 @@ def test_nothing_is_written_when_a_figure_fails(tmp_path, monkeypatch):
     def fail(*args):
         raise RuntimeError("the last figure failed")
 
-    monkeypatch.setattr(gallery.lecture_figures, "decomposition_figure", fail)
+    monkeypatch.setattr(gallery.figures, "vem_figure", fail)
     out = tmp_path / "figures"
     with pytest.raises(RuntimeError, match="last figure"):
         main([*TINY, "--num-steps", "2", "--out", str(out)])
