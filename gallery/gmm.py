@@ -221,6 +221,29 @@ def current_params() -> GMMParams:
     return GMMParams(read("weights"), read("loc"), scale_tril=read("scale_tril"), scale=read("scale"))
 
 
+def whitening(params: GMMParams) -> tuple[Tensor, Tensor]:
+    """Full covariance: ``(weight, offset)``, (D, K*D) and (K*D,), such that ``x @ weight - offset``
+    holds the K whitened residuals ``L_k^{-1} (x - loc_k)`` side by side, (N, K*D), so that all
+    components cost one matrix product. Each Cholesky factor is inverted once, by a triangular
+    solve."""
+    num_components, obs_dim = params.loc.shape
+    eye = torch.eye(obs_dim, dtype=params.loc.dtype, device=params.loc.device)
+    prec_tril = torch.linalg.solve_triangular(params.scale_tril, eye, upper=False)  # (K, D, D) L_k^{-1}
+    weight = prec_tril.transpose(-1, -2)  # (K, D, D): x @ weight[k] = L_k^{-1} x
+    offset = (params.loc[:, None, :] @ weight).squeeze(-2)  # (K, D)
+    return weight.transpose(0, 1).reshape(obs_dim, num_components * obs_dim), offset.reshape(-1)
+
+
+def log_normalizer(params: GMMParams) -> Tensor:
+    """(K,) -1/2 (D log 2 pi + log det Sigma_k), from the Cholesky or scale diagonal."""
+    obs_dim = params.loc.shape[-1]
+    if params.scale is not None:
+        half_log_det = params.scale.log().sum(-1)
+    else:
+        half_log_det = params.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return -0.5 * obs_dim * math.log(2 * math.pi) - half_log_det
+
+
 def component_log_prob(data: Tensor, params: GMMParams) -> Tensor:
     """(N, K) log N(x_n; loc_k, Sigma_k), as matrix products (no loop over components)."""
     obs_dim = data.shape[-1]

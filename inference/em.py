@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -68,6 +68,20 @@ def run_em(
 
 # Gaussian mixture ---------------------------------------------------------------------------
 
+CHUNK_BYTES = {"cpu": 2**22, "cuda": 2**28}  # per (rows, K*D) intermediate: CPU cache, GPU memory
+
+
+@dataclass(frozen=True)
+class GMMStats:
+    """Responsibility-weighted sums over the data, about the data mean ``center``: all the
+    M-step needs (sums about the mean, not the origin, for accuracy)."""
+
+    count: Tensor  # (K,) sum_n r_nk
+    first: Tensor  # (K, D) sum_n r_nk (x_n - center)
+    second: Tensor  # (K, D, D) sum_n r_nk (x_n - center)(x_n - center)^T; (K, D) its diagonal for diag
+    center: Tensor  # (D,)
+    num_data: int
+
 
 def gmm_e_step(data: Tensor, params: GMMParams) -> tuple[Tensor, Tensor]:
     """Responsibilities (N, K) and the mean log-likelihood, in log space."""
@@ -76,41 +90,126 @@ def gmm_e_step(data: Tensor, params: GMMParams) -> tuple[Tensor, Tensor]:
     return (joint - log_norm).exp(), log_norm.mean()
 
 
-def gmm_m_step(data: Tensor, resp: Tensor, covariance_type: str, reg_covar: float = 1e-6) -> GMMParams:
-    """Weighted maximum likelihood given responsibilities (N, K), as scikit-learn's
-    GaussianMixture: ``nk + 10 eps`` guards empty components and ``reg_covar`` is added to
-    every variance."""
+def gmm_e_step_stats(
+    data: Tensor, params: GMMParams, chunk_size: int | None = None
+) -> tuple[GMMStats, Tensor]:
+    """The E-step fused with the sums of the next M-step: one pass over the data in chunks of
+    ``chunk_size`` rows (default: ~4 MiB of intermediates on CPU, to stay in cache, 256 MiB on
+    a GPU), so the (N, K) responsibilities are never stored. Full covariance costs two matrix
+    products per chunk for all components at once: the whitened residuals
+    ``(x - center) @ W - b``, (B, K*D), and the second moments ``(x - center)^T (r * (x - center))``,
+    (D, K*D). No host sync. Returns the sums and the mean log-likelihood."""
     num_data, obs_dim = data.shape
-    nk = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps  # (K,)
+    num_components = params.num_components
     center = data.mean(0)
-    centred = data - center  # moments about the data mean, for accuracy
-    loc_c = (resp.T @ centred) / nk[:, None]  # (K, D)
-    weights = nk / num_data
+    shifted = replace(params, loc=params.loc - center)  # the same mixture for x - center
+    const = params.weights.log() + gmm.log_normalizer(params)  # (K,)
+    full = params.scale_tril is not None
+    if full:
+        weight, offset = gmm.whitening(shifted)  # (D, K*D), (K*D,)
+    if chunk_size is None:
+        budget = CHUNK_BYTES["cuda" if data.is_cuda else "cpu"]
+        chunk_size = max(1, budget // (num_components * obs_dim * data.element_size()))
+    count = data.new_zeros(num_components)
+    first = data.new_zeros(num_components, obs_dim)
+    second = data.new_zeros(obs_dim, num_components * obs_dim) if full else first.clone()
+    total = data.new_zeros(())
+    for rows in data.split(chunk_size):
+        x = rows - center  # (B, D)
+        if full:
+            residual = torch.addmm(offset, x, weight, beta=-1)  # (B, K*D)
+            maha = residual.square_().view(-1, num_components, obs_dim).sum(-1)  # (B, K)
+            joint = const - 0.5 * maha
+        else:
+            joint = params.weights.log() + gmm.component_log_prob(x, shifted)
+        log_norm = joint.logsumexp(-1, keepdim=True)  # (B, 1)
+        resp = joint.sub_(log_norm).exp_()  # (B, K)
+        total += log_norm.sum()
+        count += resp.sum(0)
+        first.addmm_(resp.T, x)
+        if full:  # (D, B) @ (B, K*D): this orientation is 3x faster than its transpose on MKL
+            second.addmm_(x.T, (resp[:, :, None] * x[:, None, :]).view(-1, num_components * obs_dim))
+        else:
+            second.addmm_(resp.T, x.square())
+    if full:
+        second = second.view(obs_dim, num_components, obs_dim).transpose(0, 1)  # (K, D, D)
+    return GMMStats(count, first, second, center, num_data), total / num_data
+
+
+def gmm_stats(data: Tensor, resp: Tensor, covariance_type: str) -> GMMStats:
+    """The M-step's sums from responsibilities (N, K)."""
+    center = data.mean(0)
+    centred = data - center  # (N, D)
+    first = resp.T @ centred  # (K, D)
     if covariance_type == "diag":
-        var = (resp.T @ centred.pow(2)) / nk[:, None] - loc_c.pow(2) + reg_covar
-        return GMMParams(weights, loc_c + center, scale=var.sqrt())
-    second = torch.einsum("nk,nd,ne->kde", resp, centred, centred) / nk[:, None, None]
-    eye = torch.eye(obs_dim, dtype=data.dtype, device=data.device)
-    cov = second - loc_c[:, :, None] * loc_c[:, None, :] + reg_covar * eye
+        second = resp.T @ centred.pow(2)  # (K, D)
+    else:
+        num_data, obs_dim = data.shape
+        outer = (resp[:, :, None] * centred[:, None, :]).view(num_data, -1)  # (N, K*D)
+        second = (centred.T @ outer).view(obs_dim, -1, obs_dim).transpose(0, 1)  # (K, D, D)
+    return GMMStats(resp.sum(0), first, second, center, data.shape[0])
+
+
+def gmm_m_step_from_stats(
+    stats: GMMStats, covariance_type: str, reg_covar: float = 1e-6
+) -> tuple[GMMParams, Tensor]:
+    """Weighted maximum likelihood from the sums, as scikit-learn's GaussianMixture: ``nk + 10 eps``
+    guards empty components and ``reg_covar`` is added to every variance. Returns the parameters
+    and, for full covariance, the (K,) ``info`` of the Cholesky factorisations (nonzero: not
+    positive definite), left on the device for the caller to check."""
+    nk = stats.count + 10 * torch.finfo(stats.count.dtype).eps  # (K,)
+    loc_c = stats.first / nk[:, None]  # (K, D), about the data mean
+    weights = nk / stats.num_data
+    loc = loc_c + stats.center
+    if covariance_type == "diag":
+        var = stats.second / nk[:, None] - loc_c.pow(2) + reg_covar
+        return GMMParams(weights, loc, scale=var.sqrt()), torch.zeros_like(nk, dtype=torch.int32)
+    obs_dim = loc.shape[-1]
+    eye = torch.eye(obs_dim, dtype=loc.dtype, device=loc.device)
+    cov = stats.second / nk[:, None, None] - loc_c[:, :, None] * loc_c[:, None, :] + reg_covar * eye
     scale_tril, info = torch.linalg.cholesky_ex(cov)
+    return GMMParams(weights, loc, scale_tril=scale_tril), info
+
+
+def _check_cholesky(info: Tensor) -> None:
     if bool(info.any()):
         bad = int(info.nonzero()[0])
         raise ValueError(
             f"the covariance of mixture component {bad} is not positive definite; "
             "increase reg_covar, use fewer components, or scale the data"
         )
-    return GMMParams(weights, loc_c + center, scale_tril=scale_tril)
 
 
-def em_gmm(data: Tensor, init: GMMParams, *, reg_covar: float = 1e-6, **kwargs) -> EMResult:
-    """Exact EM for :mod:`gallery.gmm` from ``init``; ``kwargs`` go to :func:`run_em`."""
-    return run_em(
-        data,
-        init,
-        gmm_e_step,
-        lambda x, resp: gmm_m_step(x, resp, init.covariance_type, reg_covar),
-        **kwargs,
-    )
+def gmm_m_step(data: Tensor, resp: Tensor, covariance_type: str, reg_covar: float = 1e-6) -> GMMParams:
+    """Weighted maximum likelihood given responsibilities (N, K), as scikit-learn's
+    GaussianMixture: ``nk + 10 eps`` guards empty components and ``reg_covar`` is added to
+    every variance."""
+    params, info = gmm_m_step_from_stats(gmm_stats(data, resp, covariance_type), covariance_type, reg_covar)
+    _check_cholesky(info)
+    return params
+
+
+def em_gmm(
+    data: Tensor, init: GMMParams, *, reg_covar: float = 1e-6, chunk_size: int | None = None, **kwargs
+) -> EMResult:
+    """Exact EM for :mod:`gallery.gmm` from ``init``; ``kwargs`` go to :func:`run_em`.
+
+    Each E-step also accumulates the next M-step's sums (:func:`gmm_e_step_stats`). The only
+    host sync per iteration is :func:`run_em`'s convergence check: a failed Cholesky
+    factorisation is read after it, one E-step late, and raised then."""
+    pending: list[Tensor] = []  # the last M-step's Cholesky info, finished by the time it is read
+
+    def m_step(x: Tensor, stats: GMMStats) -> GMMParams:
+        while pending:
+            _check_cholesky(pending.pop())
+        params, info = gmm_m_step_from_stats(stats, init.covariance_type, reg_covar)
+        pending.append(info)
+        return params
+
+    result = run_em(data, init, lambda x, params: gmm_e_step_stats(x, params, chunk_size), m_step, **kwargs)
+    while pending:
+        _check_cholesky(pending.pop())
+    return result
 
 
 # Factor analysis and PPCA ---------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""The mixture benchmarks run as real processes with tiny arguments and print what they promise.
+Timings are only checked to be positive and finite: speed is the benchmark's report, not a test.
+That the fused, chunked EM path the benchmark times computes what the plain E- and M-steps do is
+tested in tests/inference/test_em.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {"device", "device_name", "dtype", "threads", "torch", "pyro"}
+
+
+def run_bench(script: str, *args: str) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, f"bench/{script}", *args],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def assert_times(result: dict, *keys: str) -> None:
+    for key in ("ours_s", "baseline_s", "ratio", *keys):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert result["ratio"] == result["ours_s"] / result["baseline_s"]
+    assert SETTINGS <= result["settings"].keys()
+    assert result["settings"]["device"] == "cpu"
+
+
+def test_gmm_em_matches_sklearn_and_times_both():
+    args = ["--num-data", "2000", "--obs-dim", "3", "--components", "3", "--iters", "5"]
+    result = run_bench("gmm_em.py", *args, "--repeats", "1", "--threads", "1")
+    assert_times(result)
+    # the same EM from the same start in float64: the issue asks 1e-6 nats per datum (measured ~1e-15)
+    assert result["log_likelihood_diff"] < 1e-6
+    assert result["log_likelihood_ours"] > result["log_likelihood_start"]
+    assert result["loc_max_abs_diff"] < 1e-6
+    assert result["bytes_per_iter"] == 2000 * 3 * 8 and result["roofline_s"] is None  # no GPU here
+    settings = result["settings"]
+    assert [settings[key] for key in ("num_data", "obs_dim", "components", "iters", "tol")] == [
+        2000,
+        3,
+        3,
+        5,
+        0,
+    ]
+    assert settings["dtype"] == "float64" and settings["threads"] == 1
+    assert all(len(times) == 1 for times in result["repeats_s"].values())
+
+
+def test_gmm_svi_vs_em_reports_time_and_steps_to_ems_likelihood():
+    args = ["--num-data", "500", "--obs-dim", "2", "--components", "2", "--batch-size", "100"]
+    args += ["--max-steps", "300", "--eval-every", "5", "--repeats", "1", "--threads", "1"]
+    result = run_bench("gmm_svi_vs_em.py", *args)
+    assert_times(result, "minibatch_s", "minibatch_ratio", "em_to_target_s")
+    assert result["target_log_likelihood"] < result["em_log_likelihood"]
+    for name in ("svi", "minibatch"):
+        steps, reached = result[f"{name}_steps"], result[f"{name}_reached"]
+        assert 0 < steps <= 300 and steps % 5 == 0  # checked every 5 steps
+        assert reached == (result[f"{name}_log_likelihood"] >= result["target_log_likelihood"])
+    assert result["em_iters_to_target"] <= result["em_iters"]
+    assert result["settings"]["batch_size"] == 100
+
+
+def test_scaling_in_memory_and_from_a_memmapped_file(tmp_path):
+    path = tmp_path / "rows.npy"
+    made = run_bench("make_memmap.py", str(path), "--num-data", "3000", "--dim", "2", "--components", "2")
+    assert made["bytes"] == path.stat().st_size > 3000 * 2 * 8
+    args = ["--sizes", "1000", "2000", "--memmap", str(path), "--obs-dim", "2", "--components", "2"]
+    args += [
+        "--batch-size",
+        "100",
+        "--min-steps",
+        "10",
+        "--max-steps",
+        "15",
+        "--warmup",
+        "1",
+        "--threads",
+        "1",
+    ]
+    result = run_bench("scaling.py", *args)
+    assert_times(result, "step_s_max_over_min")
+    rows = result["sizes"]
+    assert [(row["num_data"], row["source"]) for row in rows] == [
+        (1000, "memory"),
+        (2000, "memory"),
+        (3000, "memmap"),
+    ]
+    for row in rows:
+        for key in ("step_s", "epoch_s", "peak_rss_bytes", "anon_rss_max_sampled_bytes"):
+            assert math.isfinite(row[key]) and row[key] > 0, key
+        # both paths are the exact -(N / B) sum log p(x) of the batch with the exact guide
+        assert row["loss_check_rel_diff"] < 1e-10
+        assert math.isclose(row["epoch_s"], row["step_s"] * (row["num_data"] // 100))
+    assert [row["steps_timed"] for row in rows] == [10, 15, 15]  # one epoch of 10; epochs of 20 and 30 capped
+    assert [row["full_epochs"] for row in rows] == [True, False, False]
+    assert rows[0]["data_bytes"] == 1000 * 2 * 8 and rows[2]["data_bytes"] == 0
+    assert rows[2]["file_bytes"] == 3000 * 2 * 8
