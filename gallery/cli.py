@@ -2,11 +2,20 @@
 
 Bad input ends with one line on stderr and exit status 2, before any computation, and leaves
 an existing ``--out`` folder as it was.
+
+``run MODEL --num-processes W`` checks the input, then starts ``torchrun`` with W processes of
+``python -m gallery run MODEL`` (the same arguments without ``--num-processes``) and returns its
+exit status; ``torchrun --nproc-per-node W -m gallery run MODEL ...`` is the same thing started
+by hand (on several machines, with torchrun's own flags). Each process trains on its shard of the
+data (:mod:`inference.distributed`); rank 0 prints and writes the results, the others exit 0
+quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -16,6 +25,7 @@ from gallery.atomic import check_writable_folder, write_all_atomic
 from gallery.registry import GUIDES, MODELS
 from gallery.runner import DTYPES, RunConfig, arviz_payloads, fit, prepare
 from gallery.vae import ACTIVATIONS, LIKELIHOODS
+from inference.distributed import DataParallel
 
 
 class _Parser(argparse.ArgumentParser):
@@ -166,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--arviz-draws", type=int, default=defaults.arviz_draws, help="posterior draws for --arviz"
     )
+    run.add_argument(
+        "--num-processes",
+        type=int,
+        default=None,
+        help="data-parallel SVI processes on this machine, started by torchrun (--batch-size is per "
+        "process); None: 1, or torchrun's WORLD_SIZE",
+    )
     return parser
 
 
@@ -232,6 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "figures":
         return figures.run(args)
     is_vae = args.model == "vae"
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # > 1: this is one of torchrun's processes
+    num_processes = args.num_processes if args.num_processes is not None else launched
+    if launched > 1 and num_processes != launched:
+        print(
+            f"python -m gallery run: error: --num-processes {num_processes} but torchrun started {launched} "
+            "processes; drop --num-processes under torchrun",
+            file=sys.stderr,
+        )
+        return 2
     config = RunConfig(
         model=args.model,
         guide=args.guide or ("amortised" if is_vae else "exact"),
@@ -266,8 +292,23 @@ def main(argv: list[str] | None = None) -> int:
         gap_steps=args.gap_steps,
         arviz=args.arviz,
         arviz_draws=args.arviz_draws,
+        num_processes=num_processes,
     )
     out = args.out if args.out is not None else Path("runs") / args.model
+    if num_processes > 1 and launched == 1:
+        try:  # refuse bad input here, once, before any process starts
+            check_writable_folder(out)
+            if is_vae:
+                from gallery.vae_run import prepare_vae
+
+                prepare_vae(config)
+            else:
+                prepare(config)
+        except ValueError as err:
+            print(f"python -m gallery run: error: {err}", file=sys.stderr)
+            return 2
+        return launch(without_num_processes(sys.argv[1:] if argv is None else argv), num_processes)
+    parallel = DataParallel.from_environment(config.device) if launched > 1 else None
     try:
         check_writable_folder(out)
         with warnings.catch_warnings(record=True) as caught:
@@ -276,20 +317,54 @@ def main(argv: list[str] | None = None) -> int:
                 from gallery import vae_output
                 from gallery.vae_run import fit_vae, prepare_vae
 
-                result = fit_vae(prepare_vae(config), out)
-                payloads, summary = vae_output.render(result), vae_output.summary(result.metrics)
+                result = fit_vae(prepare_vae(config), out, parallel=parallel)
+                if result is not None:
+                    payloads, summary = vae_output.render(result), vae_output.summary(result.metrics)
             else:
-                result = fit(prepare(config), out)
-                payloads, summary = _render(result), _summary(result.metrics)
+                result = fit(prepare(config), out, parallel=parallel)
+                if result is not None:
+                    payloads, summary = _render(result), _summary(result.metrics)
     except ValueError as err:
-        print(f"python -m gallery run: error: {err}", file=sys.stderr)
+        rank = "" if parallel is None else f" (rank {parallel.rank} of {parallel.world_size})"
+        print(f"python -m gallery run{rank}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if parallel is not None:
+            parallel.close()
+    if result is None:  # a rank other than 0: rank 0 reports
+        return 0
     write_all_atomic(out, payloads)
     print(summary)
     for warning in {str(w.message) for w in caught}:
         print(f"note: {warning}")
     print(f"wrote {', '.join(str(out / name) for name in payloads)}")
     return 0
+
+
+def launch(argv: list[str], num_processes: int) -> int:
+    """Run ``python -m gallery`` with ``argv`` as ``num_processes`` processes of one torchrun
+    job on this machine; return torchrun's exit status (0, or 1 when a process failed)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc-per-node={num_processes}", "-m", "gallery", *argv]
+    return subprocess.run(command).returncode
+
+
+def without_num_processes(argv: list[str]) -> list[str]:
+    """``argv`` without ``--num-processes N`` (or ``--num-processes=N``, or an abbreviation that
+    argparse would accept, from ``--num-pro`` on)."""
+    kept, skip = [], False
+    for position, token in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if token == "--":
+            return kept + argv[position:]
+        flag = token.split("=", 1)[0]
+        if len(flag) >= len("--num-pro") and "--num-processes".startswith(flag):
+            skip = "=" not in token
+            continue
+        kept.append(token)
+    return kept
 
 
 def _render(result) -> dict[str, bytes]:

@@ -9,6 +9,12 @@ with ``Sigma_k = scale_tril[k] @ scale_tril[k].T`` (``covariance_type="full"``, 
 (K, D, D)) or ``Sigma_k = diag(scale[k] ** 2)`` (``covariance_type="diag"``, scale: (K, D)).
 The weights, locs and scales are ``pyro.param`` point estimates; ``c`` is marked for parallel
 enumeration, so ``TraceEnum_ELBO`` sums it out exactly.
+
+A component that collapses onto one point would make the likelihood unbounded. EM guards
+against it with scikit-learn's ``reg_covar`` = 1e-6 added to every covariance; the model does
+the same for SVI: the ``pyro.param`` factor L gives Sigma_k = L L^T + REG_COVAR I (full) or
+scale^2 + REG_COVAR (diag), so det Sigma_k >= REG_COVAR^D and every density is bounded.
+:func:`global_params` and :func:`current_params` return these effective covariances.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from torch.distributions import constraints
 from gallery.common import check_data, data_plate, fresh, resolve_device, resolve_sizes
 
 COVARIANCE_TYPES = ("full", "diag")
+REG_COVAR = 1e-6  # the covariance floor, as EM's (and scikit-learn's) reg_covar
 
 
 @dataclass(frozen=True)
@@ -165,9 +172,20 @@ def global_params(
         scale_tril = pyro.param(
             "scale_tril", lambda: fresh(start().scale_tril), constraint=constraints.lower_cholesky
         )
-        return GMMParams(weights, loc, scale_tril=scale_tril)
+        return floored(GMMParams(weights, loc, scale_tril=scale_tril))
     scale = pyro.param("scale", lambda: fresh(start().scale), constraint=constraints.positive)
-    return GMMParams(weights, loc, scale=scale)
+    return floored(GMMParams(weights, loc, scale=scale))
+
+
+def floored(params: GMMParams) -> GMMParams:
+    """The parameters with each covariance raised by REG_COVAR I (a Cholesky factorisation of
+    L L^T + REG_COVAR I, which is positive definite whatever L is; ``cholesky_ex`` because it
+    cannot fail and so needs no check that would wait for the device)."""
+    if params.scale_tril is not None:
+        eye = torch.eye(params.loc.shape[-1], dtype=params.loc.dtype, device=params.loc.device)
+        covariance = params.scale_tril @ params.scale_tril.transpose(-1, -2) + REG_COVAR * eye
+        return replace(params, scale_tril=torch.linalg.cholesky_ex(covariance).L)
+    return replace(params, scale=(params.scale.pow(2) + REG_COVAR).sqrt())
 
 
 def component_dist(params: GMMParams, c: Tensor) -> dist.Distribution:
@@ -215,10 +233,12 @@ def model(
 
 
 def current_params() -> GMMParams:
-    """The fitted parameters, detached, read from Pyro's param store."""
+    """The fitted parameters, detached, read from Pyro's param store, with the covariance floor
+    applied as the model applies it."""
     store = pyro.get_param_store()
     read = lambda name: store[name].detach().clone() if name in store else None  # noqa: E731
-    return GMMParams(read("weights"), read("loc"), scale_tril=read("scale_tril"), scale=read("scale"))
+    raw = GMMParams(read("weights"), read("loc"), scale_tril=read("scale_tril"), scale=read("scale"))
+    return floored(raw)
 
 
 def whitening(params: GMMParams) -> tuple[Tensor, Tensor]:

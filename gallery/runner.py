@@ -2,6 +2,11 @@
 
 Every check on the input happens in :func:`prepare`, before any computation; :func:`fit` does the
 work and returns the metrics; the command line writes them.
+
+With ``--num-processes W`` (or under ``torchrun``) every process loads the whole data and
+computes the same initial parameters and guide from the seed, then trains by SVI on its shard of
+the rows (:mod:`inference.distributed`). EM and the evaluation run after SVI on rank 0 alone, on
+the whole data, so no process waits for them; the other ranks return ``None``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from gallery import datasets
 from gallery.registry import MODELS, check_guide, make_guide
 from inference import evaluate
 from inference.checkpoint import Checkpointing
+from inference.distributed import DataParallel
 from inference.em import EMResult, ppca_max_log_likelihood
 from inference.svi import SVIResult, fit_svi
 
@@ -62,6 +68,7 @@ class RunConfig:
     # ArviZ output: posterior draws of the local latents and the ELBO trace
     arviz: bool = False
     arviz_draws: int = 100
+    num_processes: int = 1  # data-parallel SVI processes; --batch-size is then per process
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,10 @@ def prepare(config: RunConfig) -> Prepared:
     num_data, obs_dim = data.shape
     if config.batch_size is not None and not 1 <= config.batch_size <= num_data:
         raise ValueError(f"--batch-size {config.batch_size} must be between 1 and the {num_data} rows")
+    per_datapoint = config.guide == "mean-field" or (
+        config.guide == "auto-normal" and MODELS[config.model].latent == "z"
+    )
+    check_processes(config, num_data, per_datapoint)
     if config.model == "gmm":
         if config.components > num_data:
             raise ValueError(
@@ -131,6 +142,39 @@ def prepare(config: RunConfig) -> Prepared:
         ppca_max_log_likelihood(data, config.latent_dim)  # refuses data with no maximum
     data = data.to(device=device, dtype=DTYPES[config.dtype])
     return Prepared(config, data, dataset.labels, model_kwargs, "+".join(steps) or "none")
+
+
+def check_processes(config: RunConfig, num_data: int, per_datapoint: bool) -> None:
+    """Refuse a ``--num-processes`` that cannot work, before any process starts: a guide with a q
+    per data point (``per_datapoint``), fewer rows than processes, or a per-process
+    ``--batch-size`` larger than the smallest shard."""
+    num = config.num_processes
+    if num < 1:
+        raise ValueError(f"--num-processes must be at least 1, got {num}")
+    if num == 1:
+        return
+    if per_datapoint:
+        raise ValueError(
+            f"--guide {config.guide} keeps a q for every data point, which cannot be split over {num} "
+            "processes; use --guide amortised (one encoder for all rows) with --num-processes"
+        )
+    if num_data < num:
+        raise ValueError(f"--num-processes {num} is more than the {num_data} rows of data")
+    device = torch.device(config.device)
+    if device.type == "cuda" and device.index is not None:
+        raise ValueError(
+            f"--device {config.device} with --num-processes: use --device cuda (process r takes GPU r)"
+        )
+    if device.type == "cuda" and num > torch.cuda.device_count():
+        raise ValueError(
+            f"--num-processes {num} with --device cuda needs a GPU per process; this machine has "
+            f"{torch.cuda.device_count()}"
+        )
+    if config.batch_size is not None and config.batch_size > num_data // num:
+        raise ValueError(
+            f"--batch-size {config.batch_size} is per process and must be at most {num_data // num}, "
+            f"the rows of the smallest of the {num} shards"
+        )
 
 
 def learning_rate(config: RunConfig) -> float:
@@ -180,18 +224,25 @@ def checkpointing(config: RunConfig, out: Path | None) -> Checkpointing | None:
         "gap_steps",
         "arviz",
         "arviz_draws",
+        "num_processes",
     }
     meta = {
         key: list(value) if isinstance(value, tuple) else value
         for key, value in asdict(config).items()
         if key not in skip
     }
+    if config.num_processes > 1:  # shards and minibatches depend on it (absent: 1 process)
+        meta["world_size"] = config.num_processes
     return Checkpointing(Path(out) / "checkpoint.pt", config.checkpoint_every, config.resume, meta)
 
 
-def fit(prepared: Prepared, out: Path | None = None) -> RunResult:
-    """Fit by EM and by SVI from the same initial parameters; return metrics and histories.
-    With ``--checkpoint-every`` or ``--resume`` the SVI run checkpoints to ``out``."""
+def fit(
+    prepared: Prepared, out: Path | None = None, parallel: DataParallel | None = None
+) -> RunResult | None:
+    """Fit by SVI and by EM from the same initial parameters; return metrics and histories.
+    With ``--checkpoint-every`` or ``--resume`` the SVI run checkpoints to ``out``. With
+    ``parallel`` SVI trains on this rank's shard; only rank 0 goes on to EM and the evaluation,
+    the others return ``None``."""
     config, data, kwargs = prepared.config, prepared.data, prepared.model_kwargs
     spec = MODELS[config.model]
     start = time.perf_counter()
@@ -201,14 +252,6 @@ def fit(prepared: Prepared, out: Path | None = None) -> RunResult:
         init = spec.module.init_params(data, config.components, config.covariance_type, generator=generator)
     else:
         init = spec.module.init_params(data, config.latent_dim, generator=generator)
-    em_result = spec.fit_em(
-        data,
-        init,
-        max_iters=config.em_iters,
-        tol=config.em_tol,
-        dtype=torch.float64,
-        progress=config.progress,
-    )
     pyro.clear_param_store()
     num_data, obs_dim = data.shape
     lr = learning_rate(config)
@@ -224,7 +267,7 @@ def fit(prepared: Prepared, out: Path | None = None) -> RunResult:
     svi_result = fit_svi(
         spec.module.model,
         guide,
-        data,
+        data if parallel is None else data[slice(*parallel.shard(num_data))],
         num_steps=config.num_steps,
         batch_size=config.batch_size,
         lr=lr,
@@ -232,10 +275,21 @@ def fit(prepared: Prepared, out: Path | None = None) -> RunResult:
         seed=config.seed,
         progress=config.progress,
         checkpoint=checkpointing(config, out),
+        parallel=parallel,
         init=init,
         **kwargs,
     )
+    if parallel is not None and not parallel.is_root:
+        return None
     svi_params = spec.module.current_params()
+    em_result = spec.fit_em(
+        data,
+        init,
+        max_iters=config.em_iters,
+        tol=config.em_tol,
+        dtype=torch.float64,
+        progress=config.progress,
+    )
     data64 = data.double()
     metrics = {
         "model": config.model,
@@ -267,6 +321,7 @@ def fit(prepared: Prepared, out: Path | None = None) -> RunResult:
         "em_converged": em_result.converged,
         "svi_seconds": svi_result.seconds,
         "em_seconds": em_result.seconds,
+        "world_size": 1 if parallel is None else parallel.world_size,
     }
     if config.model == "ppca":
         metrics["closed_form_log_likelihood_per_datum"] = float(

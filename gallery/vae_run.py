@@ -1,14 +1,17 @@
 """The ``run vae`` job: split the data, fit the VAE by SVI (with checkpoints), and evaluate the
 ELBO, the importance-weighted log p(x) and the inference gaps on held-out data.
 
-Checks on the input happen in :func:`prepare_vae`, before any computation.
+Checks on the input happen in :func:`prepare_vae`, before any computation. With
+``--num-processes W`` (or under ``torchrun``) every process splits the data and builds the
+networks the same way from the seed and trains on its shard of the training rows
+(:mod:`inference.distributed`); rank 0 alone evaluates, on all of them.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyro
@@ -18,7 +21,8 @@ from torch import Tensor
 
 import guides
 from gallery import datasets, linear_gaussian, vae
-from gallery.runner import DTYPES, RunConfig, check_device, checkpointing, learning_rate
+from gallery.runner import DTYPES, RunConfig, check_device, check_processes, checkpointing, learning_rate
+from inference.distributed import DataParallel
 from inference.em import ppca_max_log_likelihood
 from inference.gaps import best_local_estimate, inference_gaps
 from inference.importance import importance_estimate
@@ -115,6 +119,7 @@ def prepare_vae(config: RunConfig) -> PreparedVAE:
     batch_size = config.batch_size if config.batch_size is not None else DEFAULT_BATCH_SIZE
     if not 1 <= batch_size:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    check_processes(replace(config, batch_size=None), num_data - num_heldout, config.guide == "mean-field")
     labels = dataset.labels
     to = dict(device=device, dtype=dtype)
     return PreparedVAE(
@@ -173,9 +178,14 @@ class VAERunResult:
     prepared: PreparedVAE
 
 
-def fit_vae(prepared: PreparedVAE, out: Path) -> VAERunResult:
-    """Fit by SVI (checkpointing to ``out/checkpoint.pt`` when asked), then evaluate."""
+def fit_vae(prepared: PreparedVAE, out: Path, parallel: DataParallel | None = None) -> VAERunResult | None:
+    """Fit by SVI (checkpointing to ``out/checkpoint.pt`` when asked), then evaluate. With
+    ``parallel`` SVI trains on this rank's shard of the training rows (``--batch-size`` rows per
+    process); rank 0 evaluates the initial networks while the others wait in the first
+    broadcast, and the trained ones after SVI; the other ranks return ``None``."""
     config, train, heldout = prepared.config, prepared.train, prepared.heldout
+    is_root = parallel is None or parallel.is_root
+    shard = train if parallel is None else train[slice(*parallel.shard(train.shape[0]))]
     start = time.perf_counter()
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)  # the networks are initialised from the global generator
@@ -183,13 +193,16 @@ def fit_vae(prepared: PreparedVAE, out: Path) -> VAERunResult:
     guide = build_guide(config, train)
     lr = learning_rate(config)
     num_particles_eval = 1000 if config.eval_particles is None else config.eval_particles
-    batch_size = min(config.batch_size or DEFAULT_BATCH_SIZE, train.shape[0])
+    batch_size = min(config.batch_size or DEFAULT_BATCH_SIZE, shard.shape[0])
     checkpoint = checkpointing(config, out)
-    initial = importance_estimate(vae.model, guide, train, num_samples=num_particles_eval, decoder=decoder)
+    if is_root:
+        initial = importance_estimate(
+            vae.model, guide, train, num_samples=num_particles_eval, decoder=decoder
+        )
     svi = fit_svi(
         vae.model,
         guide,
-        train,
+        shard,
         num_steps=config.num_steps,
         batch_size=batch_size,
         lr=lr,
@@ -197,8 +210,11 @@ def fit_vae(prepared: PreparedVAE, out: Path) -> VAERunResult:
         seed=config.seed,
         progress=config.progress,
         checkpoint=checkpoint,
+        parallel=parallel,
         decoder=decoder,
     )
+    if not is_root:
+        return None
     trained = importance_estimate(vae.model, guide, train, num_samples=num_particles_eval, decoder=decoder)
     metrics = {
         "model": "vae",
@@ -234,6 +250,7 @@ def fit_vae(prepared: PreparedVAE, out: Path) -> VAERunResult:
         "em_converged": None,
         "svi_seconds": svi.seconds,
         "em_seconds": None,
+        "world_size": 1 if parallel is None else parallel.world_size,
     }
     if decoder.linear and config.likelihood == "gaussian":  # PPCA: exact answers exist
         ppca_params = vae.as_ppca(decoder).to(dtype=torch.float64)

@@ -1,6 +1,7 @@
 """Inference: the SVI loop, exact EM and closed forms, and evaluation against exact answers."""
 
 from inference.checkpoint import Checkpointing, load_checkpoint, save_checkpoint
+from inference.distributed import DataParallel
 from inference.em import (
     EMResult,
     em_gmm,
@@ -22,6 +23,7 @@ from inference.vem import VEMResult, run_vem
 __all__ = [
     "BoundDecomposition",
     "Checkpointing",
+    "DataParallel",
     "EMResult",
     "ImportanceEstimate",
     "InferenceGaps",

@@ -12,7 +12,9 @@ autoguide parameters alike. One step is a function of one minibatch over that on
 parameters, with an optional ``grad_hook(params)`` between backward and update (the place for
 an all-reduce across processes). Minibatch indices are drawn on the data's device and passed
 as ``subsample=`` to both model and guide, so per-datum guide parameters and the data they
-describe are indexed by the same rows.
+describe are indexed by the same rows. With ``parallel=`` the loop is one of W data-parallel
+processes on ``torch.distributed`` (:mod:`inference.distributed`): the data is this process's
+shard, and the hook sums the gradients over the processes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 
 from gallery.common import check_data, clock
 from inference.checkpoint import Checkpointing, restore
+from inference.distributed import DataParallel
 from inference.elbo import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
 
 MAX_PLATE_NESTING = 1  # every gallery model has one plate, "data"
@@ -147,6 +150,7 @@ def fit_svi(
     progress: bool = True,
     grad_hook: Callable[[list[Tensor]], None] | None = None,
     checkpoint: Checkpointing | None = None,
+    parallel: DataParallel | None = None,
     **model_kwargs,
 ) -> SVIResult:
     """Fit ``model`` and ``guide`` to ``data`` (N, D) by SVI with Adam.
@@ -157,6 +161,19 @@ def fit_svi(
     :param elbo: an ELBO instance; default :func:`make_elbo` chosen by :func:`uses_enumeration`.
     :param checkpoint: where and how often to save the run's state, and whether to resume from it;
         on CPU a resumed run ends with the parameters of an uninterrupted one, bit for bit.
+    :param parallel: this process's place among data-parallel processes; ``data`` is then its
+        shard, ``batch_size`` its rows per step, and the networks must have been built from the
+        same seed on every rank. Minibatches and Pyro's samples are seeded per rank
+        (:meth:`~inference.distributed.DataParallel.batch_seed`, also with ``seed=None``); after
+        the first call has created every parameter, rank 0's parameters and buffers are
+        broadcast; each step's gradients are summed over the ranks before the caller's
+        ``grad_hook``; only rank 0 writes checkpoints, and every rank loads one to resume. A
+        resumed distributed run gets back the parameters, the optimiser's state and the
+        minibatch order, but each rank's sampling generator restarts from a seed drawn from
+        (seed, rank, step), so unless the guide draws no noise it is not bit for bit an
+        uninterrupted run. The finiteness checks are collective: a non-finite loss or parameter
+        on one rank stops every rank with a ``ValueError`` naming it. The returned losses are
+        summed over the ranks: the whole data's estimate.
     :param model_kwargs: passed to both model and guide (the same signature).
     :returns: the loss history; the fitted parameters are in Pyro's param store.
     """
@@ -170,11 +187,15 @@ def fit_svi(
         raise ValueError(f"num_particles={num_particles} must be at least 1")
     if seed is not None and seed < 0:
         raise ValueError(f"seed={seed} must be at least 0")
-    if seed is not None:
+    if parallel is not None:
+        parallel.check_guide(guide)
+        pyro.set_rng_seed(parallel.sampling_seed(seed or 0))
+    elif seed is not None:
         pyro.set_rng_seed(seed)
     resumed = checkpoint.load() if checkpoint is not None and checkpoint.resume else None
     start_step = 0 if resumed is None else resumed["step"]
-    batches = minibatches(num_data, batch_size, data.device, seed or 0, start_step)
+    batch_seed = (seed or 0) if parallel is None else parallel.batch_seed(seed or 0)
+    batches = minibatches(num_data, batch_size, data.device, batch_seed, start_step)
 
     first = next(batches)
     if elbo is None:
@@ -185,9 +206,14 @@ def fit_svi(
 
     _, named_params = collect_params(loss_fn, first)  # creates every parameter, with its constraint
     params = list(named_params.values())
+    modules = networks(model, guide, model_kwargs)
+    is_root = parallel is None or parallel.is_root
+    if parallel is not None:
+        parallel.check_guide(guide)  # an autoguide's sites are known after its first call
+        parallel.broadcast_parameters(params, modules)
+        grad_hook = parallel.gradient_hook(then=grad_hook)
     optimizer, schedule = make_optimizer(params, lr=lr, num_steps=num_steps, final_lr_ratio=final_lr_ratio)
     losses = torch.empty(num_steps, dtype=data.dtype, device=data.device)
-    modules = networks(model, guide, model_kwargs)
     state = dict(
         params=named_params, modules=modules, optimizer=optimizer, scheduler=schedule, device=data.device
     )
@@ -196,14 +222,25 @@ def fit_svi(
             raise ValueError(f"the checkpoint is at step {resumed['step']}, past --num-steps {num_steps}")
         restore(resumed, **state)
         losses[:start_step] = resumed["losses"].to(losses)
+        if parallel is not None:  # the checkpoint holds rank 0's generators
+            pyro.set_rng_seed(parallel.sampling_seed(seed or 0, start_step))
+    summed = start_step  # losses[:summed] are summed over the ranks (a checkpoint's are)
+
+    def sum_losses(stop: int) -> None:
+        nonlocal summed
+        if parallel is not None and stop > summed:
+            parallel.sum_(losses[summed:stop])
+            summed = stop
+
     saved_note = ""
     if checkpoint is not None and checkpoint.every is not None and resumed is None:
-        checkpoint.save(step=0, losses=losses[:0], **state)  # the starting point is on disk too
+        if is_root:
+            checkpoint.save(step=0, losses=losses[:0], **state)  # the starting point is on disk too
         saved_note = f"; the last good checkpoint (step 0) is kept at {checkpoint.path}"
     log_every = max(1, num_steps // 20)
     start = clock(data)
     with pyro.validation_enabled(False):  # argument checks would sync with the host every step
-        bar = tqdm(range(start_step, num_steps), desc="SVI", disable=not progress, leave=False)
+        bar = tqdm(range(start_step, num_steps), desc="SVI", disable=not (progress and is_root), leave=False)
         subsample = first
         for step in bar:
             try:
@@ -216,13 +253,16 @@ def fit_svi(
             schedule.step()
             subsample = next(batches)
             if (step + 1) % log_every == 0:  # one host sync every 5% of the run
-                _check_finite(losses, step, params, saved_note)
+                _check_finite(losses, step, params, saved_note, parallel)
                 bar.set_postfix(elbo_per_datum=f"{-float(losses[step]) / num_data:.4f}")
             if checkpoint is not None and checkpoint.due(step + 1, num_steps):
-                _check_finite(losses, step, params, saved_note)  # nothing non-finite is saved
-                checkpoint.save(step=step + 1, losses=losses[: step + 1], **state)
+                _check_finite(losses, step, params, saved_note, parallel)  # nothing non-finite is saved
+                sum_losses(step + 1)
+                if is_root:
+                    checkpoint.save(step=step + 1, losses=losses[: step + 1], **state)
                 saved_note = f"; the last good checkpoint (step {step + 1}) is kept at {checkpoint.path}"
-    _check_finite(losses, num_steps - 1, params, saved_note)
+    _check_finite(losses, num_steps - 1, params, saved_note, parallel)
+    sum_losses(num_steps)
     seconds = clock(data) - start
     return SVIResult(losses.cpu(), num_steps, seconds, getattr(elbo, "estimator", type(elbo).__name__))
 
@@ -233,18 +273,31 @@ def networks(model: Callable, guide: Callable, model_kwargs: dict) -> dict[str, 
     return {name: value for name, value in found.items() if isinstance(value, nn.Module)}
 
 
-def _check_finite(losses: Tensor, step: int, params: list[Tensor], note: str = "") -> None:
+def _check_finite(
+    losses: Tensor, step: int, params: list[Tensor], note: str = "", parallel: DataParallel | None = None
+) -> None:
     """Raise if any loss up to ``step`` or any parameter is NaN or infinite, naming the first
-    such step."""
+    such step. With ``parallel`` every rank takes part and every rank raises if one fails:
+    a rank that stopped alone would leave the others waiting in their next all-reduce."""
     bad = (~torch.isfinite(losses[: step + 1])).nonzero()
     params_finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
-    if len(bad) or not bool(params_finite):
+    failed = len(bad) > 0 or not bool(params_finite)
+    on_rank = ""
+    if parallel is not None:
+        failed_ranks = parallel.ranks_where(failed, losses.device)
+        if failed_ranks and not failed:
+            raise ValueError(
+                f"SVI diverged on rank {failed_ranks[0]} of {parallel.world_size} by step {step} (its loss "
+                f"or a parameter is not finite); lower the learning rate{note}"
+            )
+        on_rank = f" on rank {parallel.rank} of {parallel.world_size}"
+    if failed:
         where = (
             f"the loss is not finite at step {int(bad[0])}"
             if len(bad)
             else f"a parameter is not finite after step {step}"
         )
         raise ValueError(
-            f"SVI diverged: {where}; lower the learning rate, or check the data for constant columns "
-            f"or duplicated points (a variance can collapse to 0){note}"
+            f"SVI diverged{on_rank}: {where}; lower the learning rate, or check the data for constant "
+            f"columns or duplicated points (a variance can collapse to 0){note}"
         )

@@ -4,6 +4,7 @@ against naive references (torch's MultivariateNormal, one component at a time)."
 from __future__ import annotations
 
 import functools
+import math
 
 import pyro
 import pytest
@@ -14,7 +15,9 @@ from pyro.infer import TraceEnum_ELBO
 
 import guides
 from gallery import factor_analysis, gmm, load, ppca
+from gallery.gmm import GMMParams
 from gallery.linear_gaussian import LinearGaussianParams, posterior
+from inference.svi import fit_svi
 from tests.conftest import known_gmm, known_linear_gaussian, sample_gmm, sample_linear_gaussian
 
 
@@ -147,3 +150,30 @@ def test_params_move_between_devices_and_dtypes():
     assert params.isotropic and params.psi.shape == (5,)
     mixture = known_gmm().to(dtype=torch.float32)
     assert mixture.covariance_type == "full" and mixture.covariance().dtype == torch.float32
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_gmm_covariance_floor_bounds_the_likelihood(covariance_type):
+    """Five copies of one point and a component started on them with a tiny covariance: SVI
+    shrinks that covariance as far as it can, but the model's floor (Sigma = L L^T + 1e-6 I)
+    keeps every eigenvalue >= 1e-6, the loss finite, and each log p(x_n) below the bound
+    -D/2 log(2 pi 1e-6) that a density with det Sigma >= 1e-6^D cannot exceed."""
+    rng = torch.Generator().manual_seed(0)
+    data = torch.cat([torch.ones(5, 2), torch.randn(15, 2, generator=rng, dtype=torch.float32) * 2]).double()
+    small = 1e-3 * torch.eye(2, dtype=torch.float64)
+    start = torch.stack([small, torch.eye(2, dtype=torch.float64)])
+    init = GMMParams(
+        torch.tensor([0.3, 0.7]).double(),
+        torch.tensor([[1.0, 1.0], [0.0, 0.0]]).double(),
+        scale_tril=start if covariance_type == "full" else None,
+        scale=start.diagonal(dim1=-2, dim2=-1) if covariance_type == "diag" else None,
+    )
+    kwargs = dict(num_components=2, covariance_type=covariance_type, init=init)
+    result = fit_svi(gmm.model, guides.gmm_posterior, data, num_steps=400, lr=0.1, progress=False, **kwargs)
+    assert bool(torch.isfinite(result.losses).all())
+    fitted = gmm.current_params()
+    eigenvalues = torch.linalg.eigvalsh(fitted.covariance())
+    assert float(eigenvalues.min()) >= 1e-6 * (1 - 1e-6)
+    bound = -math.log(2 * math.pi * 1e-6)  # D = 2
+    assert float(gmm.log_likelihood(data, fitted).max()) <= bound
+    assert float(eigenvalues.min()) < 1e-4  # the component did collapse as far as the floor allows
