@@ -1,14 +1,8 @@
 """``python -m gallery figures``: the lecture's figures, redrawn from models fitted in this run.
 
-Six figures, on the bundled data (iris, digits), each a PNG with a caption in ``DIR/index.md``
-whose numbers come from the fits made here:
-
-1. ``kl_gaussians.png``: KL(N(0, 1) || N(mu, 1)) = mu^2 / 2 against Monte Carlo estimates;
-2. ``em_vs_svi.png``: exact EM beside SVI (exact and mean-field guides) on PPCA, one start;
-3. ``gmm_ellipses.png``: the mixture on iris' petal length and width, 1- and 2-sigma ellipses;
-4. ``factor_analysis_ppca.png``: loadings and E[z | x] of factor analysis and PPCA on iris;
-5. ``vae_samples.png``, ``vae_reconstructions.png``, ``vae_latent.png``: the VAE on the digits;
-6. ``decomposition.png``: log p(x) = E_q[log p(x|z)] - KL(q || p(z)) + KL(q || p(z|x)) per guide.
+The lecture's figures (listed in :mod:`gallery.lecture_figures`) and the fitted models' own
+(:mod:`gallery.model_figures`), on the bundled data (iris, digits), each a PNG with a caption in
+``DIR/index.md`` whose numbers come from the fits made here.
 
 Bad input ends with one line on stderr and exit status 2 before any computation; the files are
 written (staged, then renamed) only after every figure was made, and only into ``--out``. The

@@ -7,7 +7,10 @@ those fits). ``python -m gallery figures`` (:mod:`gallery.figures`) writes them.
 3. ``gmm_ellipses.png``: the mixture on iris' petal length and width, 1- and 2-sigma ellipses;
 4. ``factor_analysis_ppca.png``: loadings and E[z | x] of factor analysis and PPCA on iris;
 5. ``vae_samples.png``, ``vae_reconstructions.png``, ``vae_latent.png``: the VAE on the digits;
-6. ``decomposition.png``: log p(x) = E_q[log p(x|z)] - KL(q || p(z)) + KL(q || p(z|x)) per guide.
+6. ``decomposition.png``: log p(x) = E_q[log p(x|z)] - KL(q || p(z)) + KL(q || p(z|x)) per guide;
+7. ``vem.png``: variational EM with the exact and the mean-field q.
+
+Figures 3 to 5 are in :mod:`gallery.model_figures`.
 """
 
 from __future__ import annotations

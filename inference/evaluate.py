@@ -159,16 +159,8 @@ def decomposition_terms(
     data, params = data.double(), params.to(torch.float64)
     loc, scale_tril = _gaussian_parts(guide_distribution(guide, data, "z", **model_kwargs))
     loc, scale_tril = loc.double(), scale_tril.double()  # (N, p), (N, p, p)
-    obs_dim, latent_dim = params.loading.shape
-    cov = scale_tril @ scale_tril.transpose(-1, -2)  # (N, p, p)
-    resid = data - params.loc - loc @ params.loading.T  # (N, d)
-    precision_w = params.loading.T / params.psi @ params.loading  # (p, p) W^T Psi^{-1} W
-    reconstruction = -0.5 * (
-        obs_dim * math.log(2 * math.pi)
-        + params.psi.log().sum()
-        + (resid.pow(2) / params.psi).sum(-1)
-        + (precision_w * cov).sum((-2, -1))
-    )
+    latent_dim = params.latent_dim
+    reconstruction = expected_log_likelihood(data, params, loc, scale_tril @ scale_tril.transpose(-1, -2))
     eye = torch.eye(latent_dim, dtype=data.dtype, device=data.device)
     encoding = gaussian_kl(loc, scale_tril, torch.zeros_like(loc), eye)
     error = gaussian_kl(loc, scale_tril, *linear_gaussian.posterior(data, params))
@@ -194,20 +186,29 @@ def _gaussian_parts(q: dist.Distribution) -> tuple[Tensor, Tensor]:
     raise ValueError(f"q(z|x) must be Gaussian for the decomposition, got {type(q).__name__}")
 
 
-def linear_gaussian_elbo(
-    data: Tensor, params: LinearGaussianParams, loc: Tensor, scale_tril: Tensor
-) -> Tensor:
-    """(N,) E_q[log p(x_n, z_n) - log q(z_n)] in closed form for q = N(loc_n, L_n L_n^T)."""
-    obs_dim, latent_dim = params.loading.shape
-    cov = scale_tril @ scale_tril.transpose(-1, -2)  # (N, p, p)
+def expected_log_likelihood(data: Tensor, params: LinearGaussianParams, loc: Tensor, cov: Tensor) -> Tensor:
+    """(N,) E_q[log N(x_n; W z + mu, Psi)] for q(z_n) = N(loc_n, cov_n), loc (N, p), cov (N, p, p):
+
+    -1/2 [d log 2 pi + log|Psi| + r^T Psi^{-1} r + tr(W^T Psi^{-1} W cov)],  r = x - mu - W loc
+    """
+    obs_dim = params.loading.shape[0]
     resid = data - params.loc - loc @ params.loading.T  # (N, d)
     weighted = params.loading.T / params.psi @ params.loading  # (p, p) W^T Psi^{-1} W
-    expected_lik = -0.5 * (
+    return -0.5 * (
         obs_dim * math.log(2 * math.pi)
         + params.psi.log().sum()
         + (resid.pow(2) / params.psi).sum(-1)
         + (weighted * cov).sum((-2, -1))
     )
+
+
+def linear_gaussian_elbo(
+    data: Tensor, params: LinearGaussianParams, loc: Tensor, scale_tril: Tensor
+) -> Tensor:
+    """(N,) E_q[log p(x_n, z_n) - log q(z_n)] in closed form for q = N(loc_n, L_n L_n^T)."""
+    latent_dim = params.latent_dim
+    cov = scale_tril @ scale_tril.transpose(-1, -2)  # (N, p, p)
+    expected_lik = expected_log_likelihood(data, params, loc, cov)
     expected_prior = -0.5 * (
         latent_dim * math.log(2 * math.pi) + loc.pow(2).sum(-1) + cov.diagonal(dim1=-2, dim2=-1).sum(-1)
     )

@@ -22,6 +22,24 @@ def fresh_pyro():
     pyro.clear_param_store()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors: a thread pool only adds overhead, and on a busy 2-core machine torch's
+    spinning threads make each small op ~40x slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def exit_status(main, argv: list[str]) -> int:
+    """Exit status of a command's ``main(argv)``, whether returned or raised by argparse."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
 @pytest.fixture(params=DEVICES)
 def device(request) -> torch.device:
     return torch.device(request.param)

@@ -14,8 +14,12 @@ import torch
 
 import gallery.cli
 from gallery.cli import main
+from tests.conftest import exit_status
 
-pytestmark = pytest.mark.filterwarnings("ignore:EM did not converge:UserWarning")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:EM did not converge:UserWarning"),
+]
 
 TINY = ["--num-steps", "20", "--em-iters", "5", "--eval-particles", "2", "--no-progress"]
 MODELS = ["gmm", "factor-analysis", "ppca"]
@@ -31,22 +35,8 @@ REQUIRED_KEYS = {
 OUTPUTS = ("metrics.json", "params.pt", "training_curve.png")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Iris is 150 x 4: a thread pool only adds overhead, and on a busy 2-core machine torch's
-    spinning threads make each small op ~40x slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run_main(argv: list[str]) -> int:
-    """Exit status of ``main(argv)``, whether returned or raised by argparse."""
-    try:
-        return main(argv)
-    except SystemExit as stop:
-        return stop.code
+    return exit_status(main, argv)
 
 
 def snapshot(folder) -> dict:

@@ -30,14 +30,7 @@ EXPECTED = {
 EXACT_GUIDES = {("gmm", "exact"), ("gmm", "auto-normal"), ("factor-analysis", "exact"), ("ppca", "exact")}
 OUTPUTS = ("compare.csv", "compare.md", "bound_decomposition.png")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Iris is 150 x 4: on a busy 2-core machine torch's thread pool only slows small ops."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def call(argv: list[str]) -> tuple[int, str, str]:

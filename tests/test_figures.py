@@ -15,27 +15,16 @@ from gallery.figures import FILES, main
 from gallery.registry import make_guide
 from inference import decompose
 from inference.evaluate import decomposition_terms
-from tests.conftest import known_linear_gaussian, sample_linear_gaussian
+from tests.conftest import exit_status, known_linear_gaussian, sample_linear_gaussian
 
 TINY = ["--quick", "--num-steps", "30", "--no-progress"]  # quick, and fewer SVI steps still
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: a thread pool only adds overhead on a busy 2-core machine. Restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_main(argv: list[str]) -> int:
-    """Exit status of ``main(argv)``, whether returned or raised by argparse."""
-    try:
-        return main(argv)
-    except SystemExit as stop:
-        return stop.code
+    return exit_status(main, argv)
 
 
 def test_quick_run_writes_every_figure_and_lists_it(tmp_path):
