@@ -177,3 +177,18 @@ def test_gmm_covariance_floor_bounds_the_likelihood(covariance_type):
     bound = -math.log(2 * math.pi * 1e-6)  # D = 2
     assert float(gmm.log_likelihood(data, fitted).max()) <= bound
     assert float(eigenvalues.min()) < 1e-4  # the component did collapse as far as the floor allows
+
+
+def test_degenerate_starts_and_rank_deficient_ppca_are_refused_with_the_fix():
+    """A starting cluster whose covariance is singular to rounding (collinear points at 1e150),
+    and PPCA on data of rank p, where the likelihood has no maximum: one-line ValueErrors that
+    say what to change."""
+    collinear = torch.tensor([[1.0, 2.0], [2.0, 4.0], [3.0, 6.1]], dtype=torch.float64) * 1e150
+    with pytest.raises(ValueError, match="not positive definite.*fewer components"):
+        gmm.init_params(collinear, 1)
+    x = torch.randn(30, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    rank_one = torch.cat([x, 2 * x, -x], 1)
+    from inference.em import ppca_max_log_likelihood
+
+    with pytest.raises(ValueError, match="1-dimensional subspace.*--latent-dim below the data's rank"):
+        ppca_max_log_likelihood(rank_one, 1)
