@@ -183,7 +183,7 @@ def test_degenerate_starts_and_rank_deficient_ppca_are_refused_with_the_fix():
     """A starting cluster whose covariance is singular to rounding (collinear points at 1e150),
     and PPCA on data of rank p, where the likelihood has no maximum: one-line ValueErrors that
     say what to change."""
-    collinear = torch.tensor([[1.0, 2.0], [2.0, 4.0], [3.0, 6.1]], dtype=torch.float64) * 1e150
+    collinear = torch.tensor([[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]], dtype=torch.float64) * 1e150
     with pytest.raises(ValueError, match="not positive definite.*fewer components"):
         gmm.init_params(collinear, 1)
     x = torch.randn(30, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
