@@ -11,19 +11,7 @@ from pathlib import Path
 def write_atomic(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` by a temporary file in the same folder and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_all_atomic(path.parent, {path.name: payload})
 
 
 def write_all_atomic(folder: Path, payloads: dict[str, bytes]) -> None:

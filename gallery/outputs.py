@@ -1,5 +1,5 @@
-"""Writing results: every file goes to a temporary name in the target folder and is renamed
-into place, so a crash leaves either the old file or the new one, never half of one."""
+"""The ``run`` job's result files as bytes (metrics, parameters, the training curve), made
+before anything is written; :mod:`gallery.atomic` writes them."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-
-from gallery.atomic import write_atomic  # noqa: E402, F401  (re-exported)
 
 
 def metrics_bytes(metrics: dict) -> bytes:
