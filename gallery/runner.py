@@ -88,18 +88,9 @@ def prepare(config: RunConfig) -> Prepared:
         dtype="float64" if config.dtype is None else config.dtype,
         eval_particles=100 if config.eval_particles is None else config.eval_particles,
     )
-    if config.dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
-    device = check_device(config.device)
-    for name in ("num_steps", "num_particles", "eval_particles", "components", "latent_dim", "arviz_draws"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
-    if config.checkpoint_every is not None and config.checkpoint_every < 1:
-        raise ValueError(f"--checkpoint-every must be at least 1, got {config.checkpoint_every}")
+    device = check_settings(config, ("eval_particles", "components", "latent_dim"))
     if config.em_iters < 0:
         raise ValueError(f"--em-iters must be at least 0, got {config.em_iters}")
-    if config.lr is not None and not (math.isfinite(config.lr) and config.lr > 0):
-        raise ValueError(f"--lr must be a positive number, got {config.lr}")
     if not (math.isfinite(config.em_tol) and config.em_tol >= 0):
         raise ValueError(f"--em-tol must be a number >= 0, got {config.em_tol}")
     dataset = datasets.load(config.data)
@@ -142,6 +133,23 @@ def prepare(config: RunConfig) -> Prepared:
         ppca_max_log_likelihood(data, config.latent_dim)  # refuses data with no maximum
     data = data.to(device=device, dtype=DTYPES[config.dtype])
     return Prepared(config, data, dataset.labels, model_kwargs, "+".join(steps) or "none")
+
+
+def check_settings(config: RunConfig, counts: tuple[str, ...]) -> torch.device:
+    """The checks every model's run shares: the dtype (already resolved), the device, the step,
+    particle and draw counts and the model's own ``counts`` (each at least 1),
+    ``--checkpoint-every`` and ``--lr``. Returns the device."""
+    if config.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
+    device = check_device(config.device)
+    for name in ("num_steps", "num_particles", "arviz_draws", *counts):
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    if config.checkpoint_every is not None and config.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be at least 1, got {config.checkpoint_every}")
+    if config.lr is not None and not (math.isfinite(config.lr) and config.lr > 0):
+        raise ValueError(f"--lr must be a positive number, got {config.lr}")
+    return device
 
 
 def check_processes(config: RunConfig, num_data: int, per_datapoint: bool) -> None:

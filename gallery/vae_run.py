@@ -21,7 +21,7 @@ from torch import Tensor
 
 import guides
 from gallery import datasets, linear_gaussian, vae
-from gallery.runner import DTYPES, RunConfig, check_device, check_processes, checkpointing, learning_rate
+from gallery.runner import DTYPES, RunConfig, check_processes, check_settings, checkpointing, learning_rate
 from inference.distributed import DataParallel
 from inference.em import ppca_max_log_likelihood
 from inference.gaps import best_local_estimate, inference_gaps
@@ -50,23 +50,15 @@ def prepare_vae(config: RunConfig) -> PreparedVAE:
         raise ValueError(
             f"guide {config.guide!r} does not fit the vae; choose one of {', '.join(VAE_GUIDES)}"
         )
-    device = check_device(config.device)
-    if config.dtype is not None and config.dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {config.dtype!r}; choose one of {', '.join(DTYPES)}")
-    dtype = DTYPES["float32" if config.dtype is None else config.dtype]
-    for name in ("num_steps", "num_particles", "latent_dim", "gap_steps", "arviz_draws"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
+    dtype_name = "float32" if config.dtype is None else config.dtype
+    device = check_settings(replace(config, dtype=dtype_name), ("latent_dim", "gap_steps"))
+    dtype = DTYPES[dtype_name]
     if config.eval_particles is not None and config.eval_particles < 1:
         raise ValueError(f"--eval-particles must be at least 1, got {config.eval_particles}")
     if config.gap_rows < 0:
         raise ValueError(f"--gap-rows must be at least 0, got {config.gap_rows}")
-    if config.checkpoint_every is not None and config.checkpoint_every < 1:
-        raise ValueError(f"--checkpoint-every must be at least 1, got {config.checkpoint_every}")
     if not 0 <= config.heldout_fraction < 1:
         raise ValueError(f"--heldout-fraction must be in [0, 1), got {config.heldout_fraction}")
-    if config.lr is not None and not (math.isfinite(config.lr) and config.lr > 0):
-        raise ValueError(f"--lr must be a positive number, got {config.lr}")
     if config.noise_variance is not None and not (
         math.isfinite(config.noise_variance) and config.noise_variance > 0
     ):
@@ -283,7 +275,6 @@ def heldout_metrics(config, guide, decoder, heldout: Tensor | None, num_samples:
     result["heldout_eval_particles"] = num_samples if heldout is not None else None
     if heldout is None:
         return result
-    model = poutine.block(vae.model, hide_types=["param"])
     if isinstance(guide, guides.MeanFieldNormal):  # no encoder: fit q per held-out row
         estimate = best_local_estimate(
             vae.model,
@@ -296,7 +287,8 @@ def heldout_metrics(config, guide, decoder, heldout: Tensor | None, num_samples:
             decoder=decoder,
         )
     else:
-        estimate = importance_estimate(model, guide, heldout, num_samples=num_samples, decoder=decoder)
+        fixed_model = poutine.block(vae.model, hide_types=["param"])
+        estimate = importance_estimate(fixed_model, guide, heldout, num_samples=num_samples, decoder=decoder)
     result["heldout_elbo_per_datum"] = float(estimate.elbo.mean())
     result["heldout_log_likelihood_per_datum"] = float(estimate.log_likelihood.mean())
     if isinstance(guide, guides.AmortisedNormal) and config.gap_rows > 0:
