@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--em-iters", type=int, default=defaults.em_iters, help="maximum EM iterations")
     run.add_argument("--em-tol", type=float, default=defaults.em_tol, help="EM tolerance, nats per datum")
+    run.add_argument(
+        "--stream",
+        action="store_true",
+        help="leave a .npy --data in its file (memory-mapped) and read each minibatch from it; needs "
+        "--batch-size (not for the vae)",
+    )
     run.add_argument("--standardize", action="store_true", help="z-score each column first (recorded)")
     run.add_argument(
         "--drop-constant-columns", action="store_true", help="drop columns with one value (recorded)"
@@ -293,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         arviz=args.arviz,
         arviz_draws=args.arviz_draws,
         num_processes=num_processes,
+        stream=args.stream,
     )
     out = args.out if args.out is not None else Path("runs") / args.model
     if num_processes > 1 and launched == 1:

@@ -59,9 +59,11 @@ def make_guide(
     size: int,
     hidden: tuple[int, ...] = (),
     model_kwargs: dict,
+    scaling: dict[str, torch.Tensor] | None = None,
 ) -> Callable:
     """Build guide ``guide_name`` for ``model_name`` on ``data`` (N, D) with the model starting at
-    ``init``; ``size`` is K (mixture) or p (z models)."""
+    ``init``; ``size`` is K (mixture) or p (z models). An amortised guide reads x standardised
+    by ``scaling`` (default: :func:`guides.input_scaling` of ``data``)."""
     check_guide(model_name, guide_name)
     spec = MODELS[model_name]
     discrete = spec.latent == "c"
@@ -72,7 +74,8 @@ def make_guide(
     if guide_name == "auto-normal":
         model = functools.partial(spec.module.model, **model_kwargs)
         return guides.auto_normal(poutine.block(model, hide=["c"]) if discrete else model)
-    obs_dim, scaling = data.shape[1], guides.input_scaling(data)
+    obs_dim = data.shape[1]
+    scaling = guides.input_scaling(data) if scaling is None else scaling
     if discrete:
         net = guides.AmortisedCategorical(obs_dim, size, hidden=hidden, **scaling)
     else:

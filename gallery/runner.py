@@ -7,6 +7,10 @@ With ``--num-processes W`` (or under ``torchrun``) every process loads the whole
 computes the same initial parameters and guide from the seed, then trains by SVI on its shard of
 the rows (:mod:`inference.distributed`). EM and the evaluation run after SVI on rank 0 alone, on
 the whole data, so no process waits for them; the other ranks return ``None``.
+
+With ``--stream`` the data stay in their ``.npy`` file, memory-mapped (:mod:`gallery.mapped`):
+SVI reads each minibatch from the map, and the checks, EM and the evaluation walk the file a
+block at a time, so memory does not grow with N.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pyro
 import torch
 from torch import Tensor
 
-from gallery import datasets
+from gallery import datasets, mapped
 from gallery.registry import MODELS, check_guide, make_guide
 from inference import evaluate
 from inference.checkpoint import Checkpointing
@@ -69,13 +73,15 @@ class RunConfig:
     arviz: bool = False
     arviz_draws: int = 100
     num_processes: int = 1  # data-parallel SVI processes; --batch-size is then per process
+    stream: bool = False  # leave a .npy in its file and read minibatches from the memory map
 
 
 @dataclass(frozen=True)
 class Prepared:
     config: RunConfig
-    data: Tensor  # (N, D) on the device, in the dtype
+    data: Tensor | mapped.MappedRows  # (N, D) on the device in the dtype, or read from disk so
     labels: Tensor | None
+    moments: mapped.Moments  # of the data as the models see it, float64 on the CPU
     model_kwargs: dict = field(default_factory=dict)
     preprocessing: str = "none"  # what was done to the data, recorded in metrics.json
 
@@ -93,11 +99,16 @@ def prepare(config: RunConfig) -> Prepared:
         raise ValueError(f"--em-iters must be at least 0, got {config.em_iters}")
     if not (math.isfinite(config.em_tol) and config.em_tol >= 0):
         raise ValueError(f"--em-tol must be a number >= 0, got {config.em_tol}")
-    dataset = datasets.load(config.data)
-    data, steps = dataset.data, []
-    constant = (data == data[:1]).all(0)  # (D,)
+    if config.stream:
+        data, labels = mapped.open_npy(config.data, device, DTYPES[config.dtype]), None
+        name = f"data in {config.data!r}"
+    else:
+        dataset = datasets.load(config.data)
+        data, labels, name = dataset.data, dataset.labels, "data"
+    stats, steps = mapped.moments(data, name=name), []  # reads every row once and checks it
+    constant = stats.constant  # (D,)
     if config.drop_constant_columns and bool(constant.any()):
-        data = data[:, ~constant]
+        data, stats = _select_columns(data, ~constant), stats.select(~constant)
         steps.append(f"drop-constant-columns({int(constant.sum())})")
     elif config.model in ("gmm", "factor-analysis") and bool(constant.any()):
         columns = ", ".join(str(int(i)) for i in constant.nonzero().flatten()[:8])
@@ -106,8 +117,9 @@ def prepare(config: RunConfig) -> Prepared:
             "there and the likelihood has no maximum; pass --drop-constant-columns"
         )
     if config.standardize:
-        std = data.std(0, correction=0)
-        data = (data - data.mean(0)) / torch.where(std > 0, std, 1.0)
+        mean = stats.mean
+        stats, std = stats.standardized()
+        data = _standardize(data, mean, std)
         steps.append("standardize")
     num_data, obs_dim = data.shape
     if config.batch_size is not None and not 1 <= config.batch_size <= num_data:
@@ -115,6 +127,8 @@ def prepare(config: RunConfig) -> Prepared:
     per_datapoint = config.guide == "mean-field" or (
         config.guide == "auto-normal" and MODELS[config.model].latent == "z"
     )
+    if config.stream:
+        check_stream(config, per_datapoint)
     check_processes(config, num_data, per_datapoint)
     if config.model == "gmm":
         if config.components > num_data:
@@ -130,9 +144,39 @@ def prepare(config: RunConfig) -> Prepared:
             )
         model_kwargs = {"latent_dim": config.latent_dim}
     if config.model == "ppca":
-        ppca_max_log_likelihood(data, config.latent_dim)  # refuses data with no maximum
-    data = data.to(device=device, dtype=DTYPES[config.dtype])
-    return Prepared(config, data, dataset.labels, model_kwargs, "+".join(steps) or "none")
+        ppca_max_log_likelihood(stats, config.latent_dim)  # refuses data with no maximum
+    if isinstance(data, Tensor):
+        data = data.to(device=device, dtype=DTYPES[config.dtype])
+    return Prepared(config, data, labels, stats, model_kwargs, "+".join(steps) or "none")
+
+
+def _select_columns(data: Tensor | mapped.MappedRows, keep: Tensor) -> Tensor | mapped.MappedRows:
+    if isinstance(data, Tensor):
+        return data[:, keep]
+    return replace(data, columns=tuple(int(i) for i in keep.nonzero().flatten()))
+
+
+def _standardize(data: Tensor | mapped.MappedRows, mean: Tensor, std: Tensor) -> Tensor | mapped.MappedRows:
+    """``(x - mean) / std`` of every row, now in memory or when read from disk."""
+    if isinstance(data, Tensor):
+        return (data - mean) / std
+    move = lambda t: t.to(device=data.device, dtype=data.dtype)  # noqa: E731
+    return replace(data, shift=move(mean), divisor=move(std))
+
+
+def check_stream(config: RunConfig, per_datapoint: bool) -> None:
+    """Refuse what ``--stream`` cannot do: every step reads a minibatch from the file, so it needs
+    ``--batch-size`` and a guide with no q per data point; ``--arviz`` would draw every row's
+    latent."""
+    if config.batch_size is None:
+        raise ValueError("--stream reads a minibatch at a time from the file: pass --batch-size")
+    if per_datapoint:
+        raise ValueError(
+            f"--guide {config.guide} keeps a q for every one of the rows, which --stream cannot read a "
+            "minibatch at a time; use --guide amortised (one encoder for all rows) or exact"
+        )
+    if config.arviz:
+        raise ValueError("--arviz draws every row's latent, which --stream does not hold in memory; drop one")
 
 
 def check_settings(config: RunConfig, counts: tuple[str, ...]) -> torch.device:
@@ -256,21 +300,24 @@ def fit(
     start = time.perf_counter()
     pyro.set_rng_seed(config.seed)  # networks are initialised from the global generator
     generator = torch.Generator().manual_seed(config.seed)
+    sample = mapped.init_sample(data, generator)  # (<= INIT_ROWS, D): all rows of a small data set
     if config.model == "gmm":
-        init = spec.module.init_params(data, config.components, config.covariance_type, generator=generator)
+        init = spec.module.init_params(sample, config.components, config.covariance_type, generator=generator)
     else:
-        init = spec.module.init_params(data, config.latent_dim, generator=generator)
+        init = spec.module.init_params(sample, config.latent_dim, generator=generator)
     pyro.clear_param_store()
     num_data, obs_dim = data.shape
     lr = learning_rate(config)
+    streamed = isinstance(data, mapped.MappedRows)
     guide = make_guide(
         config.model,
         config.guide,
-        data=data,
+        data=sample if streamed else data,
         init=init,
         size=config.components if config.model == "gmm" else config.latent_dim,
         hidden=config.hidden,
         model_kwargs=kwargs,
+        scaling=prepared.moments.input_scaling(data.device, data.dtype) if streamed else None,
     )
     svi_result = fit_svi(
         spec.module.model,
@@ -320,9 +367,7 @@ def fit(
         )
         / num_data,
         "eval_particles": config.eval_particles,
-        "log_likelihood_per_datum": float(
-            evaluate.log_likelihood(data64, svi_params.to(torch.float64)).mean()
-        ),
+        "log_likelihood_per_datum": float(evaluate.mean_log_likelihood(data64, svi_params.to(torch.float64))),
         "initial_log_likelihood_per_datum": float(em_result.log_likelihoods[0]),
         "em_log_likelihood_per_datum": float(em_result.log_likelihoods[-1]),
         "em_num_iters": em_result.num_iters,
@@ -330,10 +375,11 @@ def fit(
         "svi_seconds": svi_result.seconds,
         "em_seconds": em_result.seconds,
         "world_size": 1 if parallel is None else parallel.world_size,
+        "stream": streamed,
     }
     if config.model == "ppca":
         metrics["closed_form_log_likelihood_per_datum"] = float(
-            ppca_max_log_likelihood(data64, config.latent_dim)
+            ppca_max_log_likelihood(prepared.moments, config.latent_dim)
         )
     metrics["seconds"] = time.perf_counter() - start
     return RunResult(metrics, svi_result, em_result, svi_params, init, guide, prepared)

@@ -46,6 +46,11 @@ class PreparedVAE:
 
 def prepare_vae(config: RunConfig) -> PreparedVAE:
     """Load, scale, check and split the data; raises ``ValueError`` with what to change."""
+    if config.stream:
+        raise ValueError(
+            "--stream is for gmm, factor-analysis and ppca; the vae reads its data into memory "
+            "(drop --stream)"
+        )
     if config.guide not in VAE_GUIDES:
         raise ValueError(
             f"guide {config.guide!r} does not fit the vae; choose one of {', '.join(VAE_GUIDES)}"

@@ -2,7 +2,9 @@
 
 Each model has a pure ``e_step(data, params) -> (stats, mean log p(x))`` and
 ``m_step(data, stats) -> params``; :func:`run_em` alternates them and records the mean
-log-likelihood of every iterate. EM never lowers log p(x) (Dempster, Laird and Rubin 1977),
+log-likelihood of every iterate. The data may be an (N, D) tensor or rows left on disk
+(:class:`gallery.mapped.MappedRows`, walked in blocks); factor analysis and PPCA need only the
+data's column moments, computed once. EM never lowers log p(x) (Dempster, Laird and Rubin 1977),
 which the tests check iteration by iteration. Float64 by default, on the data's device.
 """
 
@@ -22,6 +24,7 @@ from gallery import gmm, linear_gaussian
 from gallery.common import check_data, clock
 from gallery.gmm import GMMParams
 from gallery.linear_gaussian import LinearGaussianParams
+from gallery.mapped import MappedRows, Moments, blocks, moments
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ def run_em(
 ) -> EMResult:
     """Alternate M- and E-steps from ``init`` until the mean log-likelihood changes by less than
     ``tol`` nats per datum, or ``max_iters`` M-steps; warn if not converged."""
-    check_data(data)
+    if isinstance(data, Tensor):
+        check_data(data)
     if dtype is not None:
         data, init = data.to(dtype), init.to(dtype)
     start = clock(data)
@@ -91,17 +95,18 @@ def gmm_e_step(data: Tensor, params: GMMParams) -> tuple[Tensor, Tensor]:
 
 
 def gmm_e_step_stats(
-    data: Tensor, params: GMMParams, chunk_size: int | None = None
+    data: Tensor, params: GMMParams, chunk_size: int | None = None, center: Tensor | None = None
 ) -> tuple[GMMStats, Tensor]:
     """The E-step fused with the sums of the next M-step: one pass over the data in chunks of
     ``chunk_size`` rows (default: ~4 MiB of intermediates on CPU, to stay in cache, 256 MiB on
     a GPU), so the (N, K) responsibilities are never stored. Full covariance costs two matrix
     products per chunk for all components at once: the whitened residuals
     ``(x - center) @ W - b``, (B, K*D), and the second moments ``(x - center)^T (r * (x - center))``,
-    (D, K*D). No host sync. Returns the sums and the mean log-likelihood."""
+    (D, K*D). No host sync. Returns the sums (about ``center``, default the data mean) and the
+    mean log-likelihood."""
     num_data, obs_dim = data.shape
     num_components = params.num_components
-    center = data.mean(0)
+    center = data.mean(0) if center is None else center
     shifted = replace(params, loc=params.loc - center)  # the same mixture for x - center
     const = params.weights.log() + gmm.log_normalizer(params)  # (K,)
     full = params.scale_tril is not None
@@ -134,6 +139,19 @@ def gmm_e_step_stats(
     if full:
         second = second.view(obs_dim, num_components, obs_dim).transpose(0, 1)  # (K, D, D)
     return GMMStats(count, first, second, center, num_data), total / num_data
+
+
+def gmm_e_step_blocks(
+    data: MappedRows, params: GMMParams, center: Tensor, chunk_size: int | None = None
+) -> tuple[GMMStats, Tensor]:
+    """:func:`gmm_e_step_stats` over data left on disk, a block at a time, the sums about one
+    ``center`` (D,) added up."""
+    parts = [gmm_e_step_stats(block, params, chunk_size, center) for block in blocks(data)]
+    sizes = [stats.num_data for stats, _ in parts]
+    total = sum(stats_log_lik * size for (_, stats_log_lik), size in zip(parts, sizes, strict=True))
+    add = lambda name: sum(getattr(stats, name) for stats, _ in parts)  # noqa: E731
+    num_data = sum(sizes)
+    return GMMStats(add("count"), add("first"), add("second"), center, num_data), total / num_data
 
 
 def gmm_stats(data: Tensor, resp: Tensor, covariance_type: str) -> GMMStats:
@@ -190,13 +208,19 @@ def gmm_m_step(data: Tensor, resp: Tensor, covariance_type: str, reg_covar: floa
 
 
 def em_gmm(
-    data: Tensor, init: GMMParams, *, reg_covar: float = 1e-6, chunk_size: int | None = None, **kwargs
+    data: Tensor | MappedRows,
+    init: GMMParams,
+    *,
+    reg_covar: float = 1e-6,
+    chunk_size: int | None = None,
+    **kwargs,
 ) -> EMResult:
     """Exact EM for :mod:`gallery.gmm` from ``init``; ``kwargs`` go to :func:`run_em`.
 
-    Each E-step also accumulates the next M-step's sums (:func:`gmm_e_step_stats`). The only
-    host sync per iteration is :func:`run_em`'s convergence check: a failed Cholesky
-    factorisation is read after it, one E-step late, and raised then."""
+    Each E-step also accumulates the next M-step's sums (:func:`gmm_e_step_stats`; for data on
+    disk, :func:`gmm_e_step_blocks` about the starting mixture's mean, which k-means puts at the
+    data's). The only host sync per iteration is :func:`run_em`'s convergence check: a failed
+    Cholesky factorisation is read after it, one E-step late, and raised then."""
     pending: list[Tensor] = []  # the last M-step's Cholesky info, finished by the time it is read
 
     def m_step(x: Tensor, stats: GMMStats) -> GMMParams:
@@ -206,7 +230,14 @@ def em_gmm(
         pending.append(info)
         return params
 
-    result = run_em(data, init, lambda x, params: gmm_e_step_stats(x, params, chunk_size), m_step, **kwargs)
+    center = init.weights @ init.loc  # (D,)
+
+    def e_step(x: Tensor | MappedRows, params: GMMParams) -> tuple[GMMStats, Tensor]:
+        if isinstance(x, Tensor):
+            return gmm_e_step_stats(x, params, chunk_size)
+        return gmm_e_step_blocks(x, params, center.to(params.loc), chunk_size)
+
+    result = run_em(data, init, e_step, m_step, **kwargs)
     while pending:
         _check_cholesky(pending.pop())
     return result
@@ -216,40 +247,62 @@ def em_gmm(
 
 
 def linear_gaussian_e_step(
-    data: Tensor, params: LinearGaussianParams
-) -> tuple[tuple[Tensor, Tensor], Tensor]:
-    """Posterior means (N, p) and the shared covariance (p, p), and the mean log-likelihood."""
-    loc, scale_tril = linear_gaussian.posterior(data, params)
-    covariance = scale_tril @ scale_tril.T
-    return (loc, covariance), linear_gaussian.log_likelihood(data, params).mean()
+    data: Moments, params: LinearGaussianParams
+) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+    """The posterior's expected sufficient statistics, averaged over the data, and the mean
+    log-likelihood, from the data's moments alone: with B = M^{-1} W^T Psi^{-1} (p, d), r = mean -
+    loc and T = S + r r^T (S the 1/N covariance), E[z_n] = B (x_n - loc), so
+
+        1/N sum_n E[z_n] = B r,   1/N sum_n x_n E[z_n]^T = (S + mean r^T) B^T,
+        1/N sum_n E[z_n z_n^T] = B T B^T + M^{-1},
+
+    and 1/N sum_n log p(x_n) = -1/2 [d log 2 pi + log|C| + tr(C^{-1} T)], C = W W^T + Psi, by
+    the Woodbury identity and the matrix determinant lemma (no d x d factorisation).
+    Returns ((B r (p,), cross (d, p), second (p, p)), mean log p(x))."""
+    chol, weighted = linear_gaussian._precision_cholesky(params)  # (p, p), A = W^T Psi^{-1} (p, d)
+    gain = torch.cholesky_solve(weighted, chol)  # (p, d) = B
+    resid = data.mean - params.loc  # (d,)
+    spread = data.covariance + torch.outer(resid, resid)  # (d, d) = T
+    loc_z = gain @ resid  # (p,)
+    cross = (data.covariance + torch.outer(data.mean, resid)) @ gain.T  # (d, p)
+    second = gain @ spread @ gain.T + torch.cholesky_inverse(chol)  # (p, p)
+    trace = (spread.diagonal() / params.psi).sum() - ((gain @ spread) * weighted).sum()
+    log_det = 2 * chol.diagonal().log().sum() + params.psi.log().sum()
+    obs_dim = resid.shape[0]
+    log_lik = -0.5 * (obs_dim * math.log(2 * math.pi) + log_det + trace)
+    return (loc_z, cross, second), log_lik
 
 
 def linear_gaussian_m_step(
-    data: Tensor, stats: tuple[Tensor, Tensor], isotropic: bool, min_noise_variance: float = 1e-12
+    data: Moments,
+    stats: tuple[Tensor, Tensor, Tensor],
+    isotropic: bool,
+    min_noise_variance: float = 1e-12,
 ) -> LinearGaussianParams:
     """Maximise E_q[log p(x, z)] jointly over (loading, loc) and the noise.
 
-    With the augmented latent [z; 1] (Ghahramani and Hinton 1996, eq. 7-8):
-    [loading, loc] = (sum_n x_n E[z~_n]^T)(sum_n E[z~_n z~_n^T])^{-1} and
-    psi = diag(sum_n x_n x_n^T - [loading, loc] sum_n E[z~_n] x_n^T) / N, averaged for PPCA.
+    With the augmented latent [z; 1] (Ghahramani and Hinton 1996, eq. 7-8), all sums divided
+    by N: [loading, loc] = (sum_n x_n E[z~_n]^T)(sum_n E[z~_n z~_n^T])^{-1} and
+    psi = diag(sum_n x_n x_n^T - [loading, loc] sum_n E[z~_n] x_n^T), averaged for PPCA.
     """
-    loc_z, cov_z = stats  # (N, p), (p, p)
-    num_data, latent_dim = loc_z.shape
-    ones = loc_z.new_ones(num_data, 1)
-    aug = torch.cat([loc_z, ones], 1)  # (N, p + 1) = E[z~]
-    moment = aug.T @ aug  # (p + 1, p + 1)
-    moment[:latent_dim, :latent_dim] += num_data * cov_z
-    cross = data.T @ aug  # (d, p + 1) = sum x E[z~]^T
+    loc_z, cross_z, second_z = stats  # (p,), (d, p), (p, p)
+    latent_dim = loc_z.shape[0]
+    moment = loc_z.new_empty(latent_dim + 1, latent_dim + 1)  # (p + 1, p + 1) = E[z~ z~^T]
+    moment[:latent_dim, :latent_dim] = second_z
+    moment[:latent_dim, -1] = moment[-1, :latent_dim] = loc_z
+    moment[-1, -1] = 1
+    cross = torch.cat([cross_z, data.mean[:, None]], 1)  # (d, p + 1) = E[x z~^T]
     coef = torch.linalg.solve(moment, cross.T).T  # (d, p + 1); moment is symmetric
-    psi = (data.pow(2).sum(0) - (coef * cross).sum(1)) / num_data  # (d,)
+    psi = data.covariance.diagonal() + data.mean.pow(2) - (coef * cross).sum(1)  # (d,)
     noise = psi.mean() if isotropic else psi
     return LinearGaussianParams(coef[:, -1], coef[:, :-1], noise.clamp_min(min_noise_variance))
 
 
-def em_linear_gaussian(data: Tensor, init: LinearGaussianParams, **kwargs) -> EMResult:
-    """Exact EM for factor analysis (``init.noise_variance``: (d,)) or PPCA (scalar)."""
+def em_linear_gaussian(data: Tensor | MappedRows | Moments, init: LinearGaussianParams, **kwargs) -> EMResult:
+    """Exact EM for factor analysis (``init.noise_variance``: (d,)) or PPCA (scalar), on the
+    data's moments (one pass over the data, then O(d^3) per iteration)."""
     return run_em(
-        data,
+        data if isinstance(data, Moments) else moments(data),
         init,
         linear_gaussian_e_step,
         lambda x, stats: linear_gaussian_m_step(x, stats, init.isotropic),
@@ -257,21 +310,17 @@ def em_linear_gaussian(data: Tensor, init: LinearGaussianParams, **kwargs) -> EM
     )
 
 
-def ppca_closed_form(data: Tensor, latent_dim: int) -> LinearGaussianParams:
+def ppca_closed_form(data: Tensor | MappedRows | Moments, latent_dim: int) -> LinearGaussianParams:
     """PPCA's maximum-likelihood parameters (Tipping and Bishop 1999, eq. 7-8):
     loc = mean, sigma^2 = mean of the d - p smallest eigenvalues of the 1/N sample covariance S,
     loading = U_p (Lambda_p - sigma^2 I)^{1/2} (taking the rotation R = I)."""
-    check_data(data)
-    num_data, obs_dim = data.shape
-    linear_gaussian.check_latent_dim(latent_dim, obs_dim)
-    loc = data.mean(0)
-    centred = data - loc
-    sample_cov = centred.T @ centred / num_data
-    eigvals, eigvecs = torch.linalg.eigh(sample_cov)  # ascending
+    stats = data if isinstance(data, Moments) else moments(data)
+    linear_gaussian.check_latent_dim(latent_dim, stats.mean.shape[0])
+    eigvals, eigvecs = torch.linalg.eigh(stats.covariance)  # ascending
     eigvals, eigvecs = eigvals.flip(0), eigvecs.flip(1)
     noise_variance = ppca_noise_variance(eigvals, latent_dim)
     loading = eigvecs[:, :latent_dim] * (eigvals[:latent_dim] - noise_variance).clamp_min(0).sqrt()
-    return LinearGaussianParams(loc, loading, noise_variance)
+    return LinearGaussianParams(stats.mean, loading, noise_variance)
 
 
 def ppca_noise_variance(eigvals: Tensor, latent_dim: int) -> Tensor:
@@ -288,12 +337,12 @@ def ppca_noise_variance(eigvals: Tensor, latent_dim: int) -> Tensor:
     return noise_variance
 
 
-def ppca_max_log_likelihood(data: Tensor, latent_dim: int) -> Tensor:
+def ppca_max_log_likelihood(data: Tensor | MappedRows | Moments, latent_dim: int) -> Tensor:
     """The maximum of the mean log-likelihood in closed form (Tipping and Bishop 1999, eq. 4 at
     eq. 7-8): -1/2 [d log 2 pi + sum_{j<=p} log lambda_j + (d - p) log sigma^2 + d]."""
-    num_data, obs_dim = data.shape
-    centred = data - data.mean(0)
-    eigvals = torch.linalg.eigvalsh(centred.T @ centred / num_data).flip(0)
+    stats = data if isinstance(data, Moments) else moments(data)
+    obs_dim = stats.mean.shape[0]
+    eigvals = torch.linalg.eigvalsh(stats.covariance).flip(0)
     noise_variance = ppca_noise_variance(eigvals, latent_dim)
     return -0.5 * (
         obs_dim * math.log(2 * math.pi)

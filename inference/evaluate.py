@@ -17,6 +17,7 @@ from gallery import gmm, linear_gaussian
 from gallery.common import check_data
 from gallery.gmm import GMMParams
 from gallery.linear_gaussian import LinearGaussianParams
+from gallery.mapped import MappedRows, blocks, mean_over_rows
 from guides.amortised import CholeskyAffine
 from inference.svi import make_elbo, uses_enumeration
 
@@ -31,19 +32,47 @@ def log_likelihood(data: Tensor, params: GMMParams | LinearGaussianParams) -> Te
     raise ValueError(f"no exact log-likelihood for parameters of type {type(params).__name__}")
 
 
+def mean_log_likelihood(data: Tensor | MappedRows, params: GMMParams | LinearGaussianParams) -> Tensor:
+    """1/N sum_n log p(x_n), a block of rows at a time (for data on disk too)."""
+    return mean_over_rows(data, lambda block: log_likelihood(block, params))
+
+
+ROW_PARTICLES = 1 << 20  # (particle, row) pairs evaluated at once: bounds the memory of elbo()
+
+
 def elbo(
     model: Callable,
     guide: Callable,
-    data: Tensor,
+    data: Tensor | MappedRows,
     *,
     num_particles: int = 1,
     chunk_size: int = 100,
     **model_kwargs,
 ) -> float:
-    """The ELBO of the whole data set, averaged over ``num_particles`` samples drawn in
-    vectorised chunks of at most ``chunk_size`` (so memory stays bounded)."""
-    check_data(data)
+    """The ELBO of the whole data set, averaged over ``num_particles`` samples. Samples are
+    drawn in vectorised chunks of at most ``chunk_size``, over at most ``ROW_PARTICLES`` /
+    ``chunk_size`` rows at a time (passed as ``subsample=``, the estimate rescaled), so memory
+    stays bounded as N grows. For data on disk, the sum of the ELBOs of its blocks of rows (every
+    model's terms sit in the data plate; a guide with a q per row cannot read such data)."""
+    if isinstance(data, MappedRows):
+        kwargs = dict(num_particles=num_particles, chunk_size=chunk_size, **model_kwargs)
+        return sum(elbo(model, guide, block, **kwargs) for block in blocks(data))
+    num_data = check_data(data).shape[0]
     enumerated = uses_enumeration(model, guide, data, **model_kwargs)
+    rows = max(1, ROW_PARTICLES // min(chunk_size, num_particles))
+    if num_data <= rows:
+        return _elbo_of_rows(enumerated, model, guide, data, num_particles, chunk_size, None, model_kwargs)
+    return sum(
+        _elbo_of_rows(enumerated, model, guide, data, num_particles, chunk_size, index, model_kwargs)
+        * (len(index) / num_data)
+        for index in torch.arange(num_data, device=data.device).split(rows)
+    )
+
+
+def _elbo_of_rows(enumerated, model, guide, data, num_particles, chunk_size, subsample, model_kwargs):
+    """The ELBO estimate on the rows ``subsample`` (None: all), scaled to the whole data."""
+    if subsample is not None:
+        model_kwargs = {**model_kwargs, "subsample": subsample}
     total, remaining = 0.0, num_particles
     while remaining > 0:
         size = min(chunk_size, remaining)
@@ -228,4 +257,5 @@ __all__ = [
     "gaussian_kl",
     "guide_distribution",
     "log_likelihood",
+    "mean_log_likelihood",
 ]

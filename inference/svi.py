@@ -14,7 +14,9 @@ an all-reduce across processes). Minibatch indices are drawn on the data's devic
 as ``subsample=`` to both model and guide, so per-datum guide parameters and the data they
 describe are indexed by the same rows. With ``parallel=`` the loop is one of W data-parallel
 processes on ``torch.distributed`` (:mod:`inference.distributed`): the data is this process's
-shard, and the hook sums the gradients over the processes.
+shard, and the hook sums the gradients over the processes. Data left on disk
+(:class:`gallery.mapped.MappedRows`) is read a minibatch at a time: model and guide then see the
+B rows read, under ``poutine.scale(scale=N / B)``, the same estimator as the subsampled plate.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from gallery.common import check_data, clock
+from gallery.mapped import MappedRows
 from inference.checkpoint import Checkpointing, restore
-from inference.distributed import DataParallel
+from inference.distributed import DataParallel, per_datapoint
 from inference.elbo import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
 
 MAX_PLATE_NESTING = 1  # every gallery model has one plate, "data"
@@ -138,7 +141,7 @@ def svi_step(
 def fit_svi(
     model: Callable,
     guide: Callable,
-    data: Tensor,
+    data: Tensor | MappedRows,
     *,
     num_steps: int,
     batch_size: int | None = None,
@@ -155,6 +158,8 @@ def fit_svi(
 ) -> SVIResult:
     """Fit ``model`` and ``guide`` to ``data`` (N, D) by SVI with Adam.
 
+    :param data: an (N, D) tensor, or rows on disk read a minibatch at a time (which needs a
+        ``batch_size`` and a guide with no q per data point).
     :param batch_size: minibatch size B (``None``: the full data every step).
     :param lr: Adam's initial learning rate, decayed geometrically to ``lr * final_lr_ratio``.
     :param num_particles: K samples per step for the ELBO estimate, vectorised.
@@ -177,8 +182,10 @@ def fit_svi(
     :param model_kwargs: passed to both model and guide (the same signature).
     :returns: the loss history; the fitted parameters are in Pyro's param store.
     """
-    check_data(data)
-    num_data = data.shape[0]
+    streamed = isinstance(data, MappedRows)
+    num_data = len(data) if streamed else check_data(data).shape[0]
+    if streamed and batch_size is None:
+        raise ValueError("data read from a file is read a minibatch at a time: pass a batch_size")
     if num_steps < 1:
         raise ValueError(f"num_steps={num_steps} must be at least 1")
     if batch_size is not None and not 1 <= batch_size <= num_data:
@@ -195,17 +202,38 @@ def fit_svi(
     resumed = checkpoint.load() if checkpoint is not None and checkpoint.resume else None
     start_step = 0 if resumed is None else resumed["step"]
     batch_seed = (seed or 0) if parallel is None else parallel.batch_seed(seed or 0)
-    batches = minibatches(num_data, batch_size, data.device, batch_seed, start_step)
+    index_device = torch.device("cpu") if streamed else data.device  # a file is read from the host
+    batches = minibatches(num_data, batch_size, index_device, batch_seed, start_step)
 
+    def inputs(subsample: Tensor | None) -> tuple[Callable, Callable, Tensor, dict]:
+        """Model, guide, data and keyword arguments of the step on the minibatch ``subsample``."""
+        if not streamed:
+            return model, guide, data, {"subsample": subsample, **model_kwargs}
+        scaled = poutine.scale(scale=num_data / len(subsample))
+        return scaled(model), scaled(guide), data.rows(subsample), model_kwargs
+
+    def refuse_per_datapoint() -> None:
+        if streamed and per_datapoint(guide):
+            raise ValueError(
+                f"guide {type(guide).__name__} keeps a q for every data point, which a run that reads "
+                "its rows from a file a minibatch at a time cannot index; use --guide amortised or exact"
+            )
+
+    refuse_per_datapoint()
     first = next(batches)
     if elbo is None:
-        elbo = make_elbo(uses_enumeration(model, guide, data, subsample=first, **model_kwargs), num_particles)
+        first_model, first_guide, first_data, first_kwargs = inputs(first)
+        elbo = make_elbo(
+            uses_enumeration(first_model, first_guide, first_data, **first_kwargs), num_particles
+        )
 
     def loss_fn(subsample: Tensor | None) -> Tensor:
-        return elbo.differentiable_loss(model, guide, data, subsample=subsample, **model_kwargs)
+        step_model, step_guide, step_data, kwargs = inputs(subsample)
+        return elbo.differentiable_loss(step_model, step_guide, step_data, **kwargs)
 
     _, named_params = collect_params(loss_fn, first)  # creates every parameter, with its constraint
     params = list(named_params.values())
+    refuse_per_datapoint()  # an autoguide's sites are known after its first call
     modules = networks(model, guide, model_kwargs)
     is_root = parallel is None or parallel.is_root
     if parallel is not None:
