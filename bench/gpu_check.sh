@@ -6,9 +6,11 @@
 # 1. installs the carried Pyro wheels (.whl/*.whl: pyro-ppl, pyro-api, and pytest's wheels too if
 #    the machine has no pytest) into /tmp/site without the network, and puts it and the project
 #    on PYTHONPATH;
-# 2. runs the CUDA-marked tests (pytest -q -m cuda) -> pytest-cuda.log;
+# 2. runs the CUDA-marked tests (pytest -q -m cuda, without the modules that need hypothesis or
+#    ArviZ, which the GPU machine lacks) -> pytest-cuda.log;
 # 3. runs every benchmark with --device cuda -> NAME.json (stderr in NAME.err), sized so that the
-#    whole script takes under 5 minutes.
+#    whole script takes under 5 minutes: the streamed run of a 10^7-row memory-mapped file
+#    (bench/memmap_run.py) first, then EM, SVI against EM, scaling and the VAE step.
 # A step that fails is recorded and the rest still run; the exit status is the number of failed
 # steps. Without a GPU, GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1 GPU_CHECK_INSTALL=0 runs the same
 # steps on the CPU, quick (the CUDA tests are then skipped), as a dry run of the script itself.
@@ -52,7 +54,8 @@ step() {  # step NAME SECONDS COMMAND...: stdout to NAME.json, stderr to NAME.er
 } >"$OUT_DIR/machine.txt" 2>&1
 
 start=$SECONDS
-if "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider >"$OUT_DIR/pytest-cuda.log" 2>&1; then
+if timeout 150 "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider --ignore=tests/test_fuzz.py \
+  --ignore=tests/gallery/test_arviz_export.py >"$OUT_DIR/pytest-cuda.log" 2>&1; then
   echo "ok   pytest -m cuda ($((SECONDS - start)) s)"
 else
   echo "FAIL pytest -m cuda ($((SECONDS - start)) s): see $OUT_DIR/pytest-cuda.log"
@@ -60,17 +63,18 @@ else
 fi
 
 D=(--device "$DEVICE")
-# scikit-learn on 2 CPU cores (the baseline) and on all of them; ours float64 and float32
-step gmm_em 120 "$PYTHON" bench/gmm_em.py "${D[@]}" "${QUICK[@]}" --threads 2 --repeats 3
-step gmm_em_all_cores 60 "$PYTHON" bench/gmm_em.py "${D[@]}" "${QUICK[@]}" --repeats 3
-step gmm_em_float32 90 "$PYTHON" bench/gmm_em.py "${D[@]}" "${QUICK[@]}" --threads 2 --repeats 3 --dtype float32
-step gmm_svi_vs_em 60 "$PYTHON" bench/gmm_svi_vs_em.py "${D[@]}" "${QUICK[@]}" --threads 2
 if [ ${#QUICK[@]} -eq 0 ]; then ROWS=10000000; else ROWS=200000; fi
 MEMMAP="${TMPDIR:-/tmp}/gmm-scaling-$ROWS.npy"  # 320 MB at 10^7 rows; deleted below
 step make_memmap 60 "$PYTHON" bench/make_memmap.py "$MEMMAP" --num-data "$ROWS" --dim 4
-step scaling 120 "$PYTHON" bench/scaling.py "${D[@]}" "${QUICK[@]}" --threads 2 --max-steps 2000 --memmap "$MEMMAP"
-rm -f "$MEMMAP"
+# the run command on the file: in memory, then streamed; B = 10,000 rows a step on the GPU
+step memmap_run 150 "$PYTHON" bench/memmap_run.py "$MEMMAP" "${D[@]}" --batch-size 10000 --small-rows $((ROWS / 10))
+# scikit-learn on 2 CPU cores (the baseline); ours float64 and float32
+step gmm_em 90 "$PYTHON" bench/gmm_em.py "${D[@]}" "${QUICK[@]}" --threads 2 --repeats 3
+step gmm_em_float32 60 "$PYTHON" bench/gmm_em.py "${D[@]}" "${QUICK[@]}" --threads 2 --repeats 3 --dtype float32
 step vae_step 60 "$PYTHON" bench/vae_step.py "${D[@]}" "${QUICK[@]}"
+step gmm_svi_vs_em 60 "$PYTHON" bench/gmm_svi_vs_em.py "${D[@]}" "${QUICK[@]}" --threads 2
+step scaling 90 "$PYTHON" bench/scaling.py "${D[@]}" "${QUICK[@]}" --threads 2 --max-steps 2000 --memmap "$MEMMAP"
+rm -f "$MEMMAP"
 
 echo "results in $OUT_DIR; $((SECONDS)) s in all; failed: ${failed[*]:-none}"
 exit ${#failed[@]}

@@ -85,7 +85,10 @@ class MappedRows:
             raw = raw[:, list(self.columns)]
         if not raw.flags.writeable:  # a view of the map itself, not a copy of its rows
             raw = np.array(raw)
-        rows = torch.from_numpy(np.ascontiguousarray(raw)).to(device=self.device, dtype=self.dtype)
+        rows = torch.from_numpy(np.ascontiguousarray(raw))
+        if self.is_cuda:  # from page-locked memory the copy is queued, and the host runs on
+            rows = rows.pin_memory().to(self.device, non_blocking=True)
+        rows = rows.to(device=self.device, dtype=self.dtype)
         if self.shift is not None:
             rows = (rows - self.shift.to(rows)) / self.divisor.to(rows)
         return rows

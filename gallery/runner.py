@@ -381,6 +381,8 @@ def fit(
         metrics["closed_form_log_likelihood_per_datum"] = float(
             ppca_max_log_likelihood(prepared.moments, config.latent_dim)
         )
+    if data.is_cuda:  # the GPU memory high-water mark of this process (rank 0's)
+        metrics["cuda_max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(data.device)
     metrics["seconds"] = time.perf_counter() - start
     return RunResult(metrics, svi_result, em_result, svi_params, init, guide, prepared)
 

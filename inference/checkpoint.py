@@ -88,12 +88,14 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     losses: Tensor,
     device: torch.device,
+    rank_rng: list[dict] | None = None,
 ) -> None:
     """Write the state after ``step`` completed steps to ``path``, atomically.
 
     :param meta: plain values that a resumed run must match (model, guide, sizes, settings).
     :param params: unconstrained parameter tensors by param-store name.
     :param losses: (step,) the loss history so far.
+    :param rank_rng: for a data-parallel run, every rank's :func:`rng_state`, by rank.
     """
     state = {
         "format": FORMAT,
@@ -107,6 +109,8 @@ def save_checkpoint(
         "losses": losses.detach().cpu().clone(),
         "rng": rng_state(device),
     }
+    if rank_rng is not None:
+        state["rank_rng"] = rank_rng
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_atomic(Path(path), buffer.getvalue())

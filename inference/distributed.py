@@ -37,11 +37,9 @@ lazily built parameters. Minibatch order and Pyro's samples differ by rank
 (:meth:`DataParallel.batch_seed`).
 
 **Checkpoints and failures.** Only rank 0 writes checkpoints (with the loss history summed over
-the ranks); every rank reads the same file to resume. A resumed run gets back the parameters,
-Adam's state and the minibatch order, but the checkpoint holds rank 0's generators only, so each
-rank restarts its sampling from a seed drawn from (seed, rank, step)
-(:meth:`DataParallel.sampling_seed`): with a guide that samples, a resumed distributed run is
-not bit for bit the uninterrupted one (a single process's is). The periodic check that losses
+the ranks, and every rank's generator states, gathered by :meth:`DataParallel.all_gather`);
+every rank reads the same file to resume and takes back its own generators, so a resumed run
+is, bit for bit, the uninterrupted one, samples included. The periodic check that losses
 and parameters are finite is collective (one all-reduce of a flag per rank), so a divergence on
 one rank stops every rank with a ``ValueError``; a rank that stopped alone would leave the
 others waiting in their next all-reduce. An error inside a step on one rank only does leave them
@@ -57,7 +55,6 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -121,14 +118,6 @@ class DataParallel:
         for all, equal shards would be cut into batches at the same local rows on every rank.)"""
         return seed * self.world_size + self.rank
 
-    def sampling_seed(self, seed: int, step: int = 0) -> int:
-        """The seed of this rank's sampling generators at ``step``: :meth:`batch_seed` at the
-        start, and for a run resumed at a later step one drawn from ``(seed, rank, step)``. (The
-        checkpoint holds rank 0's generator states only.)"""
-        if step == 0:
-            return self.batch_seed(seed)
-        return int(np.random.SeedSequence([seed, self.rank, step]).generate_state(1)[0])
-
     def check_guide(self, guide: Callable) -> None:
         """Refuse a guide with per-datapoint parameters when there is more than one process.
         A Pyro autoguide is known only after its first call; check it again then."""
@@ -174,6 +163,12 @@ class DataParallel:
         """Sum a contiguous tensor over the ranks, in place."""
         dist.all_reduce(tensor)
         return tensor
+
+    def all_gather(self, value: object) -> list:
+        """Every rank's ``value`` (a picklable object), by rank, on every rank."""
+        values = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
 
     def ranks_where(self, flag: bool, device: torch.device) -> list[int]:
         """The ranks on which ``flag`` is true, the same list on every rank (one all-reduce)."""

@@ -37,7 +37,7 @@ def mean_log_likelihood(data: Tensor | MappedRows, params: GMMParams | LinearGau
     return mean_over_rows(data, lambda block: log_likelihood(block, params))
 
 
-ROW_PARTICLES = 1 << 20  # (particle, row) pairs evaluated at once: bounds the memory of elbo()
+ROW_PARTICLES = 1 << 18  # (particle, row) pairs evaluated at once: bounds the memory of elbo()
 
 
 def elbo(
@@ -58,8 +58,9 @@ def elbo(
         kwargs = dict(num_particles=num_particles, chunk_size=chunk_size, **model_kwargs)
         return sum(elbo(model, guide, block, **kwargs) for block in blocks(data))
     num_data = check_data(data).shape[0]
-    enumerated = uses_enumeration(model, guide, data, **model_kwargs)
     rows = max(1, ROW_PARTICLES // min(chunk_size, num_particles))
+    first = None if num_data <= rows else torch.arange(rows, device=data.device)
+    enumerated = uses_enumeration(model, guide, data, subsample=first, **model_kwargs)
     if num_data <= rows:
         return _elbo_of_rows(enumerated, model, guide, data, num_particles, chunk_size, None, model_kwargs)
     return sum(

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from gallery.common import check_data, clock
 from gallery.mapped import MappedRows
-from inference.checkpoint import Checkpointing, restore
+from inference.checkpoint import Checkpointing, restore, rng_state, set_rng_state
 from inference.distributed import DataParallel, per_datapoint
 from inference.elbo import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
 
@@ -172,12 +172,10 @@ def fit_svi(
         (:meth:`~inference.distributed.DataParallel.batch_seed`, also with ``seed=None``); after
         the first call has created every parameter, rank 0's parameters and buffers are
         broadcast; each step's gradients are summed over the ranks before the caller's
-        ``grad_hook``; only rank 0 writes checkpoints, and every rank loads one to resume. A
-        resumed distributed run gets back the parameters, the optimiser's state and the
-        minibatch order, but each rank's sampling generator restarts from a seed drawn from
-        (seed, rank, step), so unless the guide draws no noise it is not bit for bit an
-        uninterrupted run. The finiteness checks are collective: a non-finite loss or parameter
-        on one rank stops every rank with a ``ValueError`` naming it. The returned losses are
+        ``grad_hook``; only rank 0 writes checkpoints, with every rank's generator states, and
+        every rank loads one to resume, bit for bit where the uninterrupted run would be. The
+        finiteness checks are collective: a non-finite loss or parameter on one rank stops
+        every rank with a ``ValueError`` naming it. The returned losses are
         summed over the ranks: the whole data's estimate.
     :param model_kwargs: passed to both model and guide (the same signature).
     :returns: the loss history; the fitted parameters are in Pyro's param store.
@@ -196,7 +194,7 @@ def fit_svi(
         raise ValueError(f"seed={seed} must be at least 0")
     if parallel is not None:
         parallel.check_guide(guide)
-        pyro.set_rng_seed(parallel.sampling_seed(seed or 0))
+        pyro.set_rng_seed(parallel.batch_seed(seed or 0))
     elif seed is not None:
         pyro.set_rng_seed(seed)
     resumed = checkpoint.load() if checkpoint is not None and checkpoint.resume else None
@@ -250,8 +248,14 @@ def fit_svi(
             raise ValueError(f"the checkpoint is at step {resumed['step']}, past --num-steps {num_steps}")
         restore(resumed, **state)
         losses[:start_step] = resumed["losses"].to(losses)
-        if parallel is not None:  # the checkpoint holds rank 0's generators
-            pyro.set_rng_seed(parallel.sampling_seed(seed or 0, start_step))
+        if parallel is not None:  # restore() set rank 0's generators; each rank takes its own
+            ranks = resumed.get("rank_rng") or []
+            if len(ranks) != parallel.world_size:
+                raise ValueError(
+                    f"the checkpoint holds the generators of {len(ranks)} processes, this run has "
+                    f"{parallel.world_size}; resume with as many processes as wrote it"
+                )
+            set_rng_state(ranks[parallel.rank], data.device)
     summed = start_step  # losses[:summed] are summed over the ranks (a checkpoint's are)
 
     def sum_losses(stop: int) -> None:
@@ -262,8 +266,9 @@ def fit_svi(
 
     saved_note = ""
     if checkpoint is not None and checkpoint.every is not None and resumed is None:
-        if is_root:
-            checkpoint.save(step=0, losses=losses[:0], **state)  # the starting point is on disk too
+        rank_rng = None if parallel is None else parallel.all_gather(rng_state(data.device))
+        if is_root:  # the starting point is on disk too
+            checkpoint.save(step=0, losses=losses[:0], rank_rng=rank_rng, **state)
         saved_note = f"; the last good checkpoint (step 0) is kept at {checkpoint.path}"
     log_every = max(1, num_steps // 20)
     start = clock(data)
@@ -286,8 +291,9 @@ def fit_svi(
             if checkpoint is not None and checkpoint.due(step + 1, num_steps):
                 _check_finite(losses, step, params, saved_note, parallel)  # nothing non-finite is saved
                 sum_losses(step + 1)
+                rank_rng = None if parallel is None else parallel.all_gather(rng_state(data.device))
                 if is_root:
-                    checkpoint.save(step=step + 1, losses=losses[: step + 1], **state)
+                    checkpoint.save(step=step + 1, losses=losses[: step + 1], rank_rng=rank_rng, **state)
                 saved_note = f"; the last good checkpoint (step {step + 1}) is kept at {checkpoint.path}"
     _check_finite(losses, num_steps - 1, params, saved_note, parallel)
     sum_losses(num_steps)

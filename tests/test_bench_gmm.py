@@ -104,3 +104,30 @@ def test_scaling_in_memory_and_from_a_memmapped_file(tmp_path):
     assert [row["full_epochs"] for row in rows] == [True, False, False]
     assert rows[0]["data_bytes"] == 1000 * 2 * 8 and rows[2]["data_bytes"] == 0
     assert rows[2]["file_bytes"] == 3000 * 2 * 8
+
+
+def test_memmap_run_times_the_run_command_in_memory_streamed_and_on_two_processes(tmp_path):
+    """Four real ``run`` commands on a 4,000-row file: in memory (the baseline), streamed with 1
+    and 2 processes, and streamed on its first 1,000 rows; one epoch each. The streamed runs
+    take the in-memory run's steps (tests/test_stream.py), so their log p(x) agree."""
+    path = tmp_path / "rows.npy"
+    run_bench("make_memmap.py", str(path), "--num-data", "4000", "--dim", "2", "--components", "2")
+    result = run_bench(
+        "memmap_run.py", str(path), "--batch-size", "200", "--components", "2", "--small-rows", "1000"
+    )
+    rows = result["results"]
+    assert [(r["num_data"], r["stream"], r["num_processes"]) for r in rows] == [
+        (4000, False, 1),
+        (4000, True, 1),
+        (4000, True, 2),
+        (1000, True, 1),
+    ]
+    assert [r["steps_per_process"] for r in rows] == [20, 20, 10, 5]
+    for row in rows:
+        for key in ("epoch_seconds", "ms_per_step", "anon_max_bytes", "rss_max_bytes", "epoch_ratio"):
+            assert math.isfinite(row[key]) and row[key] > 0, key
+        assert row["anon_total_bytes"] >= row["anon_max_bytes"]
+    assert rows[0]["epoch_ratio"] == 1.0 and rows[2]["processes"] >= 3  # launcher, torchrun, 2 workers
+    assert math.isclose(
+        rows[1]["log_likelihood_per_datum"], rows[0]["log_likelihood_per_datum"], rel_tol=1e-12
+    )
