@@ -30,8 +30,11 @@ if [ "${GPU_CHECK_INSTALL:-1}" = 1 ]; then
     echo "no wheels in .whl/: download them once where there is a network (../shared/GPU.md)" >&2
     exit 100
   fi
+  rm -rf /tmp/site  # a pytest left there by an earlier run would shadow the machine's own
+  WHEELS=(.whl/pyro*.whl)  # pytest's wheels only where the machine has no pytest of its own
+  "$PYTHON" -c 'import pytest' 2>/dev/null || WHEELS=(.whl/*.whl)
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 101
+    --target /tmp/site "${WHEELS[@]}" || exit 101
   export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
@@ -73,7 +76,7 @@ step gmm_em 90 "$PYTHON" bench/gmm_em.py "${D[@]}" "${QUICK[@]}" --threads 2 --r
 step gmm_em_float32 60 "$PYTHON" bench/gmm_em.py "${D[@]}" "${QUICK[@]}" --threads 2 --repeats 3 --dtype float32
 step vae_step 60 "$PYTHON" bench/vae_step.py "${D[@]}" "${QUICK[@]}"
 step gmm_svi_vs_em 60 "$PYTHON" bench/gmm_svi_vs_em.py "${D[@]}" "${QUICK[@]}" --threads 2
-step scaling 90 "$PYTHON" bench/scaling.py "${D[@]}" "${QUICK[@]}" --threads 2 --max-steps 2000 --memmap "$MEMMAP"
+step scaling 120 "$PYTHON" bench/scaling.py "${D[@]}" "${QUICK[@]}" --threads 2 --max-steps 2000 --memmap "$MEMMAP"
 rm -f "$MEMMAP"
 
 echo "results in $OUT_DIR; $((SECONDS)) s in all; failed: ${failed[*]:-none}"

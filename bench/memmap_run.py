@@ -109,7 +109,8 @@ def run_case(path: Path, *, stream: bool, num_processes: int, args, out: Path) -
     command += ["--num-steps", str(steps), "--em-iters", "2", "--eval-particles", "1"]
     command += ["--device", args.device, "--no-progress", "--out", str(out), "--seed", "0"]
     command += ["--num-processes", str(num_processes)] + (["--stream"] if stream else [])
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
+    path_list = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": os.pathsep.join(path_list)}
     status, wall, peaks = measure(command, env)
     if status != 0:
         raise SystemExit(f"{' '.join(command)} failed with status {status}")

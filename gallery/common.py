@@ -56,6 +56,18 @@ def data_plate(
     return pyro.plate("data", num_data, subsample_size=subsample_size, subsample=subsample, device=device)
 
 
+def same_device(first: torch.device | str, second: torch.device | str) -> bool:
+    """Whether two device names are one device: ``cuda`` means the current GPU, so it is
+    ``cuda:0`` when GPU 0 is current (``torch.device`` compares them unequal)."""
+    first, second = torch.device(first), torch.device(second)
+    if first.type != second.type:
+        return False
+    if first.type != "cuda":
+        return True
+    index = lambda device: torch.cuda.current_device() if device.index is None else device.index  # noqa: E731
+    return index(first) == index(second)
+
+
 def fresh(tensor: Tensor) -> Tensor:
     """A detached copy for Pyro's param store, which would otherwise adopt the caller's ``init``
     tensor itself as the parameter and train it in place."""

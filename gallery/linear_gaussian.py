@@ -144,7 +144,7 @@ def model(
     )
     zeros = params.loading.new_zeros(latent_dim)
     with data_plate(num_data, subsample, subsample_size, device) as ind:
-        z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))  # (..., B, p)
+        z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))  # (..., B, p)
         mean = params.loc + z @ params.loading.T  # (..., B, d)
         obs = None if data is None else data[ind]
         scale = params.psi.sqrt()
@@ -167,8 +167,11 @@ def posterior_precision(params: LinearGaussianParams) -> Tensor:
 
 
 def _precision_cholesky(params: LinearGaussianParams) -> tuple[Tensor, Tensor]:
-    """``(L, A)`` with L the (p, p) Cholesky factor of M = I + W^T Psi^{-1} W and A = W^T Psi^{-1}."""
-    return torch.linalg.cholesky(posterior_precision(params)), params.loading.T / params.psi
+    """``(L, A)`` with L the (p, p) Cholesky factor of M = I + W^T Psi^{-1} W and A = W^T Psi^{-1}.
+    M >= I is positive definite for any finite parameters, so the factorisation is not checked
+    (``cholesky_ex``: checking would wait for the GPU every step); NaN parameters give NaN here
+    and are caught by the loop's finiteness check."""
+    return torch.linalg.cholesky_ex(posterior_precision(params)).L, params.loading.T / params.psi
 
 
 def posterior(data: Tensor, params: LinearGaussianParams) -> tuple[Tensor, Tensor]:
@@ -176,7 +179,7 @@ def posterior(data: Tensor, params: LinearGaussianParams) -> tuple[Tensor, Tenso
     chol, weighted = _precision_cholesky(params)
     loc = torch.cholesky_solve(weighted @ (data - params.loc).T, chol).T  # (N, p)
     covariance = torch.cholesky_inverse(chol)
-    return loc, torch.linalg.cholesky(covariance)
+    return loc, torch.linalg.cholesky_ex(covariance).L  # M^{-1} is positive definite as M is
 
 
 def log_likelihood(data: Tensor, params: LinearGaussianParams) -> Tensor:

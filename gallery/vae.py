@@ -24,7 +24,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from gallery.common import data_plate, resolve_device, resolve_sizes
+from gallery.common import data_plate, resolve_device, resolve_sizes, same_device
 from gallery.linear_gaussian import LinearGaussianParams
 from gallery.networks import mlp
 
@@ -118,7 +118,7 @@ def model(
     num_data, _ = resolve_sizes(data, num_data, decoder.obs_dim)
     device = resolve_device(data, device)
     weight = decoder.net[-1].weight
-    if weight.device != device or (data is not None and data.dtype != weight.dtype):
+    if not same_device(weight.device, device) or (data is not None and data.dtype != weight.dtype):
         raise ValueError(
             f"the decoder has {weight.dtype} weights on {weight.device} but the data is "
             f"{'absent' if data is None else data.dtype} on {device}; call decoder.to(device=..., dtype=...)"
@@ -126,7 +126,7 @@ def model(
     pyro.module("decoder", decoder)
     zeros = weight.new_zeros(decoder.latent_dim)
     with data_plate(num_data, subsample, subsample_size, device) as ind:
-        z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(1))  # (..., B, p)
+        z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))  # (..., B, p)
         obs = None if data is None else data[ind]
         return pyro.sample("x", decoder.likelihood_dist(z), obs=obs)
 

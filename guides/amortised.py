@@ -44,7 +44,7 @@ def full_covariance_normal(loc: Tensor, scale_tril: Tensor) -> dist.TransformedD
     training that solve loses all precision and returns huge finite log q values, which the
     optimiser then exploits (seen on the digits: ELBO estimates of +1e160 within 5 steps).
     Value and gradient are otherwise those of ``MultivariateNormal(loc, scale_tril=L)``."""
-    base = dist.Normal(torch.zeros_like(loc), 1.0).to_event(1)
+    base = dist.Normal(torch.zeros_like(loc), torch.ones_like(loc)).to_event(1)
     return dist.TransformedDistribution(base, [CholeskyAffine(loc, scale_tril)])
 
 

@@ -15,6 +15,7 @@ from pyro.infer import TraceEnum_ELBO
 
 import guides
 from gallery import factor_analysis, gmm, load, ppca
+from gallery.common import same_device
 from gallery.gmm import GMMParams
 from gallery.linear_gaussian import LinearGaussianParams, posterior
 from inference.svi import fit_svi
@@ -192,3 +193,10 @@ def test_degenerate_starts_and_rank_deficient_ppca_are_refused_with_the_fix():
 
     with pytest.raises(ValueError, match="1-dimensional subspace.*--latent-dim below the data's rank"):
         ppca_max_log_likelihood(rank_one, 1)
+
+
+def test_same_device_reads_cuda_as_the_current_gpu():
+    assert same_device("cpu", torch.device("cpu"))
+    assert not same_device("cpu", "cuda:0")
+    if torch.cuda.is_available():
+        assert same_device("cuda", f"cuda:{torch.cuda.current_device()}")
