@@ -79,7 +79,7 @@ class RunConfig:
 @dataclass(frozen=True)
 class Prepared:
     config: RunConfig
-    data: Tensor | mapped.MappedRows  # (N, D) on the device in the dtype, or read from disk so
+    data: Tensor | mapped.MappedRows  # (N, D) on the device in the dtype, or left on disk (--stream)
     labels: Tensor | None
     moments: mapped.Moments  # of the data as the models see it, float64 on the CPU
     model_kwargs: dict = field(default_factory=dict)

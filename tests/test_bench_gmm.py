@@ -131,3 +131,11 @@ def test_memmap_run_times_the_run_command_in_memory_streamed_and_on_two_processe
     assert math.isclose(
         rows[1]["log_likelihood_per_datum"], rows[0]["log_likelihood_per_datum"], rel_tol=1e-12
     )
+
+
+def test_allreduce_times_the_call_against_an_svi_step():
+    result = run_bench("allreduce.py", "--repeats", "20", "--batch-size", "50")
+    for key in ("ours_s", "baseline_s", "ratio"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert result["ratio"] == result["ours_s"] / result["baseline_s"]
+    assert result["settings"]["world_size"] == 2 and result["settings"]["numel"] == 105

@@ -5,7 +5,8 @@ with one line that says what to change (a ValueError from the API); never exit s
 a traceback, never a non-finite number in metrics.json. Shapes (empty, one row, one column,
 1-D, 3-D), dtypes (int, bool, float16, object, strings in a CSV), values (NaN, inf, 1e300,
 constant columns, duplicate rows only), sizes (components equal to rows, latent dimension at
-the limit) and malformed files (header only, ragged CSV, truncated .npy, wrong .npz keys).
+the limit) and malformed files (header only, ragged CSV, truncated .npy, wrong .npz keys),
+one command line in four with ``--stream`` (the file left on disk).
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def commands(draw, tmp_path_factory) -> list[str]:
         argv += [*VAE_TINY, "--heldout-fraction", draw(st.sampled_from(["0", "0.2", "0.5"]))]
     if draw(st.booleans()):
         argv += ["--batch-size", str(draw(st.integers(1, 8)))]
+    if draw(st.integers(0, 3)) == 0:  # the file left on disk, memory-mapped
+        argv.append("--stream")
     return argv
 
 
