@@ -2,13 +2,14 @@
 
 Data-parallel SVI (`inference/distributed.py`) adds one all-reduce of the flattened gradients to
 every step. Whether W processes shorten an epoch depends on that call's latency next to the
-step's own time. This script measures both in the same run: the mean time of ``dist.all_reduce``
-on a float64 buffer of ``--numel`` elements (default 105: the gradients of the Gaussian
-mixture with K = 5, D = 4, whose weights, locs and Cholesky factors have 5 + 20 + 80 entries) between ``--world-size`` gloo processes on this machine, and, as the
-baseline, the mean time of one single-process SVI step of that mixture with the exact guide
-on a minibatch of ``--batch-size`` rows (`inference.svi.svi_step`). ``ratio`` = all-reduce /
-step. Means, because a loop that waits for every call pays the slow ones too; the all-reduce's
-median and 90th percentile are reported beside. Prints one JSON object.
+step's own time. This script measures both in the same run: the mean time of
+``dist.all_reduce`` on a float64 buffer of ``--numel`` elements (default 105: the gradients of
+the Gaussian mixture with K = 5, D = 4, whose weights, locs and Cholesky factors have
+5 + 20 + 80 entries) between ``--world-size`` gloo processes on this machine, and, as the
+baseline, the mean time of one single-process SVI step of that mixture with the exact guide on
+a minibatch of ``--batch-size`` rows (`inference.svi.svi_step`). ``ratio`` = all-reduce / step.
+Means, because a loop that waits for every call pays the slow ones too; the all-reduce's median
+and 90th percentile are reported beside. Prints one JSON object.
 
     OMP_NUM_THREADS=1 python bench/allreduce.py
 """
