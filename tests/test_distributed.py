@@ -34,7 +34,7 @@ from gallery import gmm, load, ppca
 from inference.checkpoint import Checkpointing
 from inference.distributed import DataParallel, per_datapoint
 from inference.svi import collect_params, fit_svi, make_elbo, make_optimizer, minibatches, svi_step
-from tests.conftest import known_linear_gaussian, sample_linear_gaussian
+from tests.conftest import DEVICES, known_linear_gaussian, sample_linear_gaussian
 from tests.test_cli import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -371,3 +371,34 @@ def test_command_line_vae_on_two_processes_writes_its_outputs_once(tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["metrics.json", "params.pt", "training_curve.png", "samples.png",
                             "reconstructions.png", "latent.png"])  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_group_of_one_changes_nothing_gloo_on_cpu_nccl_on_cuda(tmp_path, device):
+    """A process group of one process (NCCL on a GPU: the lent machines have one) runs every
+    collective the loop uses, the gradient all-reduce, the broadcast, the finiteness vote and
+    the gathered generators of each checkpoint, and must change nothing: the exact PPCA guide
+    samples z, and the run ends bit for bit where the run without a group ends."""
+    data, init = _exact_problem()
+    data, init = data.to(device), init.to(device)
+
+    def fit(parallel: DataParallel | None, name: str) -> dict:
+        pyro.clear_param_store()
+        checkpoint = Checkpointing(tmp_path / f"{name}.pt", every=10, meta={"model": "ppca"})
+        fit_svi(ppca.model, guides.ppca_posterior, data, progress=False, parallel=parallel,
+                checkpoint=checkpoint, init=init, latent_dim=2, **EXACT)  # fmt: skip
+        return _params()
+
+    alone = fit(None, "alone")
+    backend = "nccl" if device == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        grouped = fit(DataParallel(0, 1), "grouped")
+    finally:
+        dist.destroy_process_group()
+    for name, value in alone.items():
+        assert torch.equal(grouped[name], value), name
+    saved = torch.load(tmp_path / "grouped.pt", weights_only=True)
+    assert len(saved["rank_rng"]) == 1 and "rank_rng" not in torch.load(
+        tmp_path / "alone.pt", weights_only=True
+    )
