@@ -166,7 +166,7 @@ def posterior_precision(params: LinearGaussianParams) -> Tensor:
     return eye + weighted @ params.loading
 
 
-def _precision_cholesky(params: LinearGaussianParams) -> tuple[Tensor, Tensor]:
+def precision_cholesky(params: LinearGaussianParams) -> tuple[Tensor, Tensor]:
     """``(L, A)`` with L the (p, p) Cholesky factor of M = I + W^T Psi^{-1} W and A = W^T Psi^{-1}.
     M >= I is positive definite for any finite parameters, so the factorisation is not checked
     (``cholesky_ex``: checking would wait for the GPU every step); NaN parameters give NaN here
@@ -176,7 +176,7 @@ def _precision_cholesky(params: LinearGaussianParams) -> tuple[Tensor, Tensor]:
 
 def posterior(data: Tensor, params: LinearGaussianParams) -> tuple[Tensor, Tensor]:
     """Exact p(z_n | x_n): returns loc (N, p) and the shared scale_tril (p, p) of M^{-1}."""
-    chol, weighted = _precision_cholesky(params)
+    chol, weighted = precision_cholesky(params)
     loc = torch.cholesky_solve(weighted @ (data - params.loc).T, chol).T  # (N, p)
     covariance = torch.cholesky_inverse(chol)
     return loc, torch.linalg.cholesky_ex(covariance).L  # M^{-1} is positive definite as M is
@@ -185,7 +185,7 @@ def posterior(data: Tensor, params: LinearGaussianParams) -> tuple[Tensor, Tenso
 def log_likelihood(data: Tensor, params: LinearGaussianParams) -> Tensor:
     """(N,) exact log N(x_n; loc, W W^T + diag(psi)), by the Woodbury identity and the matrix
     determinant lemma: O(N d p), no d x d factorisation."""
-    chol, weighted = _precision_cholesky(params)
+    chol, weighted = precision_cholesky(params)
     resid = data - params.loc  # (N, d)
     projected = resid @ weighted.T  # (N, p) = W^T Psi^{-1} r
     solved = torch.cholesky_solve(projected.T, chol).T  # (N, p) = M^{-1} W^T Psi^{-1} r

@@ -223,7 +223,7 @@ def em_gmm(
     """Exact EM for :mod:`gallery.gmm` from ``init``; ``kwargs`` go to :func:`run_em`.
 
     Each E-step also accumulates the next M-step's sums (:func:`gmm_e_step_stats`; for data on
-    disk, :func:`gmm_e_step_blocks` about the starting mixture's mean, which k-means puts at the
+    disk, :func:`gmm_e_step_blocks` about the starting mixture's mean, which k-means puts near the
     data's). The only host sync per iteration is :func:`run_em`'s convergence check: a failed
     Cholesky factorisation is read after it, one E-step late, and raised then."""
     pending: list[Tensor] = []  # the last M-step's Cholesky info, finished by the time it is read
@@ -264,7 +264,7 @@ def linear_gaussian_e_step(
     and 1/N sum_n log p(x_n) = -1/2 [d log 2 pi + log|C| + tr(C^{-1} T)], C = W W^T + Psi, by
     the Woodbury identity and the matrix determinant lemma (no d x d factorisation).
     Returns ((B r (p,), cross (d, p), second (p, p)), mean log p(x))."""
-    chol, weighted = linear_gaussian._precision_cholesky(params)  # (p, p), A = W^T Psi^{-1} (p, d)
+    chol, weighted = linear_gaussian.precision_cholesky(params)  # (p, p), A = W^T Psi^{-1} (p, d)
     gain = torch.cholesky_solve(weighted, chol)  # (p, d) = B
     resid = data.mean - params.loc  # (d,)
     spread = data.covariance + torch.outer(resid, resid)  # (d, d) = T
