@@ -203,21 +203,8 @@ def fit_svi(
     index_device = torch.device("cpu") if streamed else data.device  # a file is read from the host
     batches = minibatches(num_data, batch_size, index_device, batch_seed, start_step)
 
-    def inputs(subsample: Tensor | None) -> tuple[Callable, Callable, Tensor, dict]:
-        """Model, guide, data and keyword arguments of the step on the minibatch ``subsample``."""
-        if not streamed:
-            return model, guide, data, {"subsample": subsample, **model_kwargs}
-        scaled = poutine.scale(scale=num_data / len(subsample))
-        return scaled(model), scaled(guide), data.rows(subsample), model_kwargs
-
-    def refuse_per_datapoint() -> None:
-        if streamed and per_datapoint(guide):
-            raise ValueError(
-                f"guide {type(guide).__name__} keeps a q for every data point, which a run that reads "
-                "its rows from a file a minibatch at a time cannot index; use --guide amortised or exact"
-            )
-
-    refuse_per_datapoint()
+    inputs = step_inputs(model, guide, data, model_kwargs)
+    _refuse_per_datapoint_from_disk(guide, data)
     first = next(batches)
     if elbo is None:
         first_model, first_guide, first_data, first_kwargs = inputs(first)
@@ -231,7 +218,7 @@ def fit_svi(
 
     _, named_params = collect_params(loss_fn, first)  # creates every parameter, with its constraint
     params = list(named_params.values())
-    refuse_per_datapoint()  # an autoguide's sites are known after its first call
+    _refuse_per_datapoint_from_disk(guide, data)  # an autoguide's sites are known after its first call
     modules = networks(model, guide, model_kwargs)
     is_root = parallel is None or parallel.is_root
     if parallel is not None:
@@ -249,13 +236,7 @@ def fit_svi(
         restore(resumed, **state)
         losses[:start_step] = resumed["losses"].to(losses)
         if parallel is not None:  # restore() set rank 0's generators; each rank takes its own
-            ranks = resumed.get("rank_rng") or []
-            if len(ranks) != parallel.world_size:
-                raise ValueError(
-                    f"the checkpoint holds the generators of {len(ranks)} processes, this run has "
-                    f"{parallel.world_size}; resume with as many processes as wrote it"
-                )
-            set_rng_state(ranks[parallel.rank], data.device)
+            _restore_rank_generators(resumed, parallel, data.device)
     summed = start_step  # losses[:summed] are summed over the ranks (a checkpoint's are)
 
     def sum_losses(stop: int) -> None:
@@ -266,10 +247,7 @@ def fit_svi(
 
     saved_note = ""
     if checkpoint is not None and checkpoint.every is not None and resumed is None:
-        rank_rng = None if parallel is None else parallel.all_gather(rng_state(data.device))
-        if is_root:  # the starting point is on disk too
-            checkpoint.save(step=0, losses=losses[:0], rank_rng=rank_rng, **state)
-        saved_note = f"; the last good checkpoint (step 0) is kept at {checkpoint.path}"
+        saved_note = _save(checkpoint, parallel, 0, losses, state)  # the starting point is on disk too
     log_every = max(1, num_steps // 20)
     start = clock(data)
     with pyro.validation_enabled(False):  # argument checks would sync with the host every step
@@ -291,14 +269,56 @@ def fit_svi(
             if checkpoint is not None and checkpoint.due(step + 1, num_steps):
                 _check_finite(losses, step, params, saved_note, parallel)  # nothing non-finite is saved
                 sum_losses(step + 1)
-                rank_rng = None if parallel is None else parallel.all_gather(rng_state(data.device))
-                if is_root:
-                    checkpoint.save(step=step + 1, losses=losses[: step + 1], rank_rng=rank_rng, **state)
-                saved_note = f"; the last good checkpoint (step {step + 1}) is kept at {checkpoint.path}"
+                saved_note = _save(checkpoint, parallel, step + 1, losses, state)
     _check_finite(losses, num_steps - 1, params, saved_note, parallel)
     sum_losses(num_steps)
     seconds = clock(data) - start
     return SVIResult(losses.cpu(), num_steps, seconds, getattr(elbo, "estimator", type(elbo).__name__))
+
+
+def step_inputs(
+    model: Callable, guide: Callable, data: Tensor | MappedRows, model_kwargs: dict
+) -> Callable[[Tensor | None], tuple[Callable, Callable, Tensor, dict]]:
+    """``inputs(subsample)``: the model, guide, data and keyword arguments of one step on the
+    minibatch ``subsample``. In memory, the whole data with ``subsample=`` (the plate scales by
+    N / B); from disk, the B rows read, with model and guide under ``poutine.scale(N / B)``."""
+    if isinstance(data, Tensor):
+        return lambda subsample: (model, guide, data, {"subsample": subsample, **model_kwargs})
+
+    def inputs(subsample: Tensor) -> tuple[Callable, Callable, Tensor, dict]:
+        scaled = poutine.scale(scale=len(data) / len(subsample))
+        return scaled(model), scaled(guide), data.rows(subsample), model_kwargs
+
+    return inputs
+
+
+def _refuse_per_datapoint_from_disk(guide: Callable, data: Tensor | MappedRows) -> None:
+    if isinstance(data, MappedRows) and per_datapoint(guide):
+        raise ValueError(
+            f"guide {type(guide).__name__} keeps a q for every data point, which a run that reads "
+            "its rows from a file a minibatch at a time cannot index; use --guide amortised or exact"
+        )
+
+
+def _save(
+    checkpoint: Checkpointing, parallel: DataParallel | None, step: int, losses: Tensor, state: dict
+) -> str:
+    """Save the state after ``step`` steps (rank 0 writes; every rank gives its generators) and
+    return the note that error messages then append."""
+    rank_rng = None if parallel is None else parallel.all_gather(rng_state(state["device"]))
+    if parallel is None or parallel.is_root:
+        checkpoint.save(step=step, losses=losses[:step], rank_rng=rank_rng, **state)
+    return f"; the last good checkpoint (step {step}) is kept at {checkpoint.path}"
+
+
+def _restore_rank_generators(resumed: dict, parallel: DataParallel, device: torch.device) -> None:
+    ranks = resumed.get("rank_rng") or []
+    if len(ranks) != parallel.world_size:
+        raise ValueError(
+            f"the checkpoint holds the generators of {len(ranks)} processes, this run has "
+            f"{parallel.world_size}; resume with as many processes as wrote it"
+        )
+    set_rng_state(ranks[parallel.rank], device)
 
 
 def networks(model: Callable, guide: Callable, model_kwargs: dict) -> dict[str, nn.Module]:
