@@ -81,11 +81,12 @@ class MappedRows:
             yield self._finish(self.array[start : start + self.block_rows])
 
     def _finish(self, raw: np.ndarray) -> Tensor:
+        """Rows read from the map: copied out of it into native-order floats of the dtype (the
+        file may hold ints, bools, float16 or big-endian values), then moved and transformed."""
         if self.columns is not None:
             raw = raw[:, list(self.columns)]
-        if not raw.flags.writeable:  # a view of the map itself, not a copy of its rows
-            raw = np.array(raw)
-        rows = torch.from_numpy(np.ascontiguousarray(raw))
+        raw = np.array(raw, dtype=np.float64 if self.dtype == torch.float64 else np.float32, order="C")
+        rows = torch.from_numpy(raw)
         if self.is_cuda:  # from page-locked memory the copy is queued, and the host runs on
             rows = rows.pin_memory().to(self.device, non_blocking=True)
         rows = rows.to(device=self.device, dtype=self.dtype)
@@ -116,6 +117,12 @@ def open_npy(path: str | Path, device: torch.device, dtype: torch.dtype) -> Mapp
     if array.ndim != 2 or 0 in array.shape:
         raise ValueError(
             f"{str(path)!r} has shape {array.shape}; it must be 2-D (num_data, obs_dim) with rows and columns"
+        )
+    if array.shape[1] > 1 and not array.flags.c_contiguous:
+        raise ValueError(
+            f"{str(path)!r} is stored column by column (Fortran order), so each row's values lie "
+            f"{array.shape[0]} values apart and every minibatch would read across the whole file; "
+            "rewrite it row by row: numpy.save(path, numpy.ascontiguousarray(x))"
         )
     return MappedRows(array, torch.device(device), dtype)
 

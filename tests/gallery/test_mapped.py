@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import guides
-from gallery import factor_analysis, gmm, mapped, ppca
+from gallery import datasets, factor_analysis, gmm, mapped, ppca
 from gallery.mapped import MappedRows, init_sample, moments, open_npy
 from guides.mean_field import MeanFieldNormal
 from inference import evaluate
@@ -119,6 +119,24 @@ def test_open_npy_refuses_what_it_cannot_map(tmp_path, array, message):
     np.save(tmp_path / "bad.npy", array)
     with pytest.raises(ValueError, match=message):
         open_npy(tmp_path / "bad.npy", CPU, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [">f8", "<i2", "bool", "<f2", "<f4"])
+def test_any_numeric_file_reads_as_the_in_memory_loader_reads_it(tmp_path, dtype):
+    """Big-endian, integer, boolean and half-precision files give the rows that
+    ``gallery.datasets.load`` gives (float64, native order), in blocks and by index."""
+    array = (np.random.default_rng(0).normal(size=(30, 3)) * 4).astype(dtype)
+    np.save(tmp_path / "x.npy", array)
+    rows = replace(open_npy(tmp_path / "x.npy", CPU, torch.float64), block_rows=7)
+    expected = datasets.load(str(tmp_path / "x.npy")).data
+    assert torch.equal(torch.cat(list(mapped.blocks(rows))), expected)
+    assert torch.equal(rows.rows(torch.tensor([4, 29, 0])), expected[[0, 4, 29]])
+
+
+def test_open_npy_refuses_a_file_stored_column_by_column(tmp_path):
+    np.save(tmp_path / "f.npy", np.asfortranarray(np.ones((20, 3))))
+    with pytest.raises(ValueError, match=r"Fortran order.*numpy.ascontiguousarray"):
+        open_npy(tmp_path / "f.npy", CPU, torch.float64)
 
 
 def test_open_npy_refuses_other_files(tmp_path):
