@@ -12,7 +12,8 @@
 #    whole script takes under 5 minutes: the streamed run of a 10^7-row memory-mapped file
 #    (bench/memmap_run.py) first, then EM, SVI against EM, scaling and the VAE step.
 # A step that fails is recorded and the rest still run; the exit status is the number of failed
-# steps. Without a GPU, GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1 GPU_CHECK_INSTALL=0 runs the same
+# steps. GPU_CHECK_BUNDLE=1 packs every result into one file, OUT/gpu-check.tgz, for runners that
+# bring back only a few files (the lent machine's brings back 8; unpack with tar -xzf). Without a GPU, GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1 GPU_CHECK_INSTALL=0 runs the same
 # steps on the CPU, quick (the CUDA tests are then skipped), as a dry run of the script itself.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -79,5 +80,8 @@ step gmm_svi_vs_em 60 "$PYTHON" bench/gmm_svi_vs_em.py "${D[@]}" "${QUICK[@]}" -
 step scaling 120 "$PYTHON" bench/scaling.py "${D[@]}" "${QUICK[@]}" --threads 2 --max-steps 2000 --memmap "$MEMMAP"
 rm -f "$MEMMAP"
 
+if [ "${GPU_CHECK_BUNDLE:-0}" = 1 ]; then
+  (cd "$OUT_DIR" && tar -czf gpu-check.tgz --remove-files -- *.json *.err *.log *.txt 2>/dev/null)
+fi
 echo "results in $OUT_DIR; $((SECONDS)) s in all; failed: ${failed[*]:-none}"
 exit ${#failed[@]}
