@@ -22,17 +22,11 @@ from pathlib import Path
 
 from gallery import compare, datasets, figures
 from gallery.atomic import check_writable_folder, write_all_atomic
+from gallery.parsing import OneLineParser
 from gallery.registry import GUIDES, MODELS
 from gallery.runner import DTYPES, RunConfig, arviz_payloads, fit, prepare
 from gallery.vae import ACTIVATIONS, LIKELIHOODS
 from inference.distributed import DataParallel
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (exit 2) instead of usage + error."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -46,8 +40,8 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m gallery", description="Latent-variable models on Pyro.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="python -m gallery", description="Latent-variable models on Pyro.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     commands.add_parser("list", help="print the models, guides and bundled data sets")
     compare_parser = commands.add_parser(
         "compare",

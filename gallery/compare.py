@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gallery.atomic import check_writable_folder, write_all_atomic
+from gallery.parsing import OneLineParser
 from gallery.registry import GUIDES, MODELS, check_guide
 from gallery.runner import RunConfig, fit, prepare
 from gallery.vae_run import VAE_GUIDES, fit_vae, prepare_vae
@@ -72,13 +73,6 @@ class Settings:
 QUICK = Settings(num_steps=200, em_iters=50, vae_particles=20)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (exit 2) instead of usage + error."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     default = Settings()
     parser.add_argument(
@@ -100,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog=PROG,
         description="Fit every model with every guide that fits it (iris; the VAE on digits) and "
         "split log p(x) into ELBO + gap per datum; write DIR/compare.csv, DIR/compare.md and "

@@ -35,6 +35,7 @@ from gallery.lecture_figures import (  # noqa: E402
     vem_figure,
 )
 from gallery.model_figures import gmm_figure, linear_gaussian_figure, vae_figure_files  # noqa: E402
+from gallery.parsing import OneLineParser  # noqa: E402
 from gallery.runner import check_device  # noqa: E402
 
 PROG = "python -m gallery figures"
@@ -83,13 +84,6 @@ def index_markdown(figures: list[Figure], settings: Settings, seconds: float) ->
             f"- command: `{settings.command}`",
         ]
     return ("\n".join(lines) + "\n").encode()
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (exit 2) instead of usage + error."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(
+    parser = OneLineParser(
         prog=PROG,
         description="Redraw the lecture's figures from models fitted in this run, one PNG each, "
         "with captions in DIR/index.md.",
