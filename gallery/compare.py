@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gallery.atomic import check_writable_folder, write_all_atomic
+from gallery.outputs import png_bytes
 from gallery.parsing import OneLineParser
 from gallery.registry import GUIDES, MODELS, check_guide
 from gallery.runner import RunConfig, fit, prepare
@@ -316,10 +317,7 @@ def figure_png(rows: list[dict]) -> bytes:
         handles |= dict(zip(*ax.get_legend_handles_labels()[::-1], strict=True))
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=len(handles), fontsize=8)
     fig.suptitle("log p(x) = ELBO + gap at the SVI fit, per guide", fontsize=10)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def command_line(args: argparse.Namespace) -> str:

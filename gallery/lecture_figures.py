@@ -15,7 +15,7 @@ Figures 3 to 5 are in :mod:`gallery.model_figures`.
 
 from __future__ import annotations
 
-import io
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from pyro import poutine  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from gallery import datasets, factor_analysis, linear_gaussian, ppca  # noqa: E402
+from gallery import datasets, factor_analysis, linear_gaussian, outputs, ppca  # noqa: E402
 from gallery.registry import make_guide  # noqa: E402
 from inference.em import EMResult, em_linear_gaussian, ppca_max_log_likelihood  # noqa: E402
 from inference.evaluate import decompose, decomposition_terms, gaussian_kl  # noqa: E402
@@ -78,11 +78,7 @@ class Figure:
 # Figures ---------------------------------------------------------------------------------------
 
 
-def png_bytes(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
+png_bytes = functools.partial(outputs.png_bytes, dpi=120)  # the lecture's figures, a little finer
 
 
 def _check_em_never_falls(result: EMResult, what: str) -> None:

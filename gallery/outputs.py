@@ -51,7 +51,12 @@ def curve_png(svi_elbo_per_datum: torch.Tensor, em_log_likelihoods: torch.Tensor
     right.set(xlabel="SVI step", ylabel="per datum", title="SVI")
     right.legend(loc="lower right")
     fig.suptitle(title)
+    return png_bytes(fig)
+
+
+def png_bytes(fig, dpi: int = 110) -> bytes:
+    """``fig`` as PNG bytes, at ``dpi``; the figure is closed."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
     return buffer.getvalue()

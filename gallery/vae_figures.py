@@ -3,7 +3,6 @@ latent means of held-out data, and the training curve."""
 
 from __future__ import annotations
 
-import io
 import math
 
 import matplotlib
@@ -15,14 +14,8 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from gallery import vae  # noqa: E402
+from gallery.outputs import png_bytes  # noqa: E402
 from guides import AmortisedNormal, MeanFieldNormal  # noqa: E402
-
-
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def _as_images(rows: Tensor, image_shape: tuple[int, int] | None) -> Tensor:
@@ -52,7 +45,7 @@ def samples_png(decoder: vae.Decoder, image_shape, *, num_samples: int = 64, see
         math.ceil(num_samples / cols), cols, figsize=(cols, math.ceil(num_samples / cols))
     )
     _grid(axes, images, "generated examples: f(z), z ~ N(0, I)")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def latent_means(guide, data: Tensor) -> Tensor:
@@ -79,7 +72,7 @@ def reconstructions_png(decoder: vae.Decoder, guide, data: Tensor, image_shape, 
     axes[0, 0].set_title("x", loc="left", fontsize=8)
     axes[1, 0].set_title("f(E_q[z|x])", loc="left", fontsize=8)
     fig.suptitle("reconstructions beside their inputs")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def latent_png(guide, data: Tensor, labels: Tensor | None, title: str) -> bytes:
@@ -98,7 +91,7 @@ def latent_png(guide, data: Tensor, labels: Tensor | None, title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(5.5, 4.5), constrained_layout=True)
     ax.scatter(means[:, 0].numpy(), means[:, 1].numpy(), s=6)
     ax.set(xlabel=f"{axis} 1", ylabel=f"{axis} 2", title=title)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def labelled_latent_png(means: Tensor, labels: Tensor, title: str, axis: str = "z") -> bytes:
@@ -124,7 +117,7 @@ def labelled_latent_png(means: Tensor, labels: Tensor, title: str, axis: str = "
     ax.set(xlabel=names[0], ylabel=names[1], title=title)
     ax.legend(title="label", loc="center left", bbox_to_anchor=(1, 0.5), markerscale=3, fontsize=8)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def curve_png(elbo_per_datum: Tensor, lines: dict[str, float], title: str) -> bytes:
@@ -138,4 +131,4 @@ def curve_png(elbo_per_datum: Tensor, lines: dict[str, float], title: str) -> by
     ax.set_ylim(low - 0.05 * abs(high - low), high + 0.05 * abs(high - low) + 1e-9)
     ax.set(xlabel="SVI step", ylabel="nats per datum", title=title)
     ax.legend(loc="lower right", fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
