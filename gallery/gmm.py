@@ -266,7 +266,6 @@ def log_normalizer(params: GMMParams) -> Tensor:
 
 def component_log_prob(data: Tensor, params: GMMParams) -> Tensor:
     """(N, K) log N(x_n; loc_k, Sigma_k), as matrix products (no loop over components)."""
-    obs_dim = data.shape[-1]
     if params.scale is not None:
         precision = params.scale.pow(-2)  # (K, D)
         maha = (
@@ -274,16 +273,11 @@ def component_log_prob(data: Tensor, params: GMMParams) -> Tensor:
             - 2 * data @ (params.loc * precision).T
             + (params.loc.pow(2) * precision).sum(-1)
         )  # (N, K)
-        half_log_det = params.scale.log().sum(-1)  # (K,)
     else:
-        eye = torch.eye(obs_dim, dtype=data.dtype, device=data.device)
-        prec_tril = torch.linalg.solve_triangular(params.scale_tril, eye, upper=False)  # (K, D, D)
-        y = torch.einsum("kij,nj->nki", prec_tril, data) - torch.einsum(
-            "kij,kj->ki", prec_tril, params.loc
-        )  # (N, K, D)
-        maha = y.pow(2).sum(-1)
-        half_log_det = params.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    return -0.5 * (obs_dim * math.log(2 * math.pi) + maha) - half_log_det
+        weight, offset = whitening(params)  # (D, K*D), (K*D,)
+        num_components, obs_dim = params.loc.shape
+        maha = (data @ weight - offset).unflatten(-1, (num_components, obs_dim)).pow(2).sum(-1)  # (N, K)
+    return log_normalizer(params) - 0.5 * maha
 
 
 def joint_log_prob(data: Tensor, params: GMMParams) -> Tensor:

@@ -46,7 +46,6 @@ itself and F's climb is guaranteed; with reg_covar > 0 F may drop by O(reg_covar
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -258,12 +257,10 @@ def _gmm_objective(
             prec_tril = torch.linalg.solve_triangular(params.scale_tril, eye, upper=False)  # L^{-1}
             maha = ((prec_tril @ scatter) * prec_tril).sum((-2, -1))  # (K,) tr(Sigma^{-1} S)
             maha = maha + nk * (prec_tril @ shift[:, :, None]).pow(2).sum((-2, -1))
-            half_log_det = params.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
         else:
             variance = params.scale.pow(2)
             maha = ((scatter.diagonal(dim1=-2, dim2=-1) + nk[:, None] * shift.pow(2)) / variance).sum(-1)
-            half_log_det = params.scale.log().sum(-1)
-        log_norm = -0.5 * obs_dim * math.log(2 * math.pi) - half_log_det  # (K,)
+        log_norm = gmm.log_normalizer(params)  # (K,)
         return (nk * (params.weights.log() + log_norm) - 0.5 * maha).sum() / num_data
 
     return objective
