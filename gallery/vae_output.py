@@ -49,9 +49,7 @@ def render(result: VAERunResult) -> dict[str, bytes]:
     payloads = {
         "metrics.json": metrics_bytes(metrics),
         "params.pt": params_bytes(result),
-        "training_curve.png": vae_figures.curve_png(
-            -result.svi.losses.double() / metrics["num_data"], lines, title
-        ),
+        "training_curve.png": vae_figures.curve_png(elbo_trace, lines, title),
         "samples.png": vae_figures.samples_png(result.decoder, prepared.image_shape, seed=metrics["seed"]),
         "reconstructions.png": vae_figures.reconstructions_png(
             result.decoder, result.guide, shown, prepared.image_shape
