@@ -33,6 +33,7 @@ import numpy as np
 import pyro
 import sklearn
 import torch
+from arguments import require_at_least_one
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -266,9 +267,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("num_data", "repeats", "chunk_size", "threads", "bandwidth", "peak_flops"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    for name in ("obs_dim", "components", "iters"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    require_at_least_one(parser, args, "obs_dim", "components", "iters")
     if args.num_data is not None and args.num_data < args.components:
         parser.error("--num-data must be at least --components")
     return args

@@ -34,6 +34,7 @@ import warnings
 
 import pyro
 import torch
+from arguments import require_at_least_one
 from gmm_em import DTYPES, initial_params, make_mixture, resolve_device, sample, settings, sync
 
 import guides
@@ -194,12 +195,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for name in ("num_data", "repeats", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("obs_dim", "components", "em_max_iters", "batch_size", "max_steps", "eval_every"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    require_at_least_one(parser, args, "num_data", "repeats", "threads", "obs_dim", "components")
+    require_at_least_one(parser, args, "em_max_iters", "batch_size", "max_steps", "eval_every")
     if not (args.rel_tol > 0 and args.lr > 0 and args.em_tol >= 0):
         parser.error("--rel-tol and --lr must be positive, --em-tol at least 0")
     if args.num_data is not None and args.num_data < args.components:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from arguments import require_at_least_one
 from gmm_em import make_mixture
 
 from gallery.gmm import GMMParams
@@ -65,9 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--components", type=int, default=5, help="of the mixture drawn from")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for name in ("num_data", "dim", "components"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    require_at_least_one(parser, args, "num_data", "dim", "components")
     if not args.path.endswith(".npy"):
         parser.error("PATH must end in .npy")
     return args

@@ -44,6 +44,7 @@ import time
 import numpy as np
 import pyro
 import torch
+from arguments import require_at_least_one
 from gmm_em import DTYPES, INIT_ROWS, initial_params, make_mixture, resolve_device, settings, sync
 from make_memmap import fill_sample
 from pyro import poutine
@@ -276,11 +277,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--one-size", type=int, default=None, help=argparse.SUPPRESS)  # one size's process
     parser.add_argument("--one-memmap", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in ("obs_dim", "components", "batch_size", "min_steps", "max_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be at least 1")
+    require_at_least_one(
+        parser, args, "obs_dim", "components", "batch_size", "min_steps", "max_steps", "threads"
+    )
     if args.warmup < 0 or not args.lr > 0:
         parser.error("--warmup must be at least 0 and --lr positive")
     if any(n < args.components for n in args.sizes or []):

@@ -32,6 +32,7 @@ from itertools import islice
 
 import pyro
 import torch
+from arguments import require_at_least_one
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 from torch import Tensor, nn
 from torch.nn.functional import binary_cross_entropy_with_logits, softplus
@@ -318,12 +319,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    for name in ("batch_size", "obs_dim", "hidden", "latent_dim"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("steps", "repeats", "num_data", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    require_at_least_one(parser, args, "batch_size", "obs_dim", "hidden", "latent_dim")
+    require_at_least_one(parser, args, "steps", "repeats", "num_data", "threads")
     if args.warmup < 0:
         parser.error("--warmup must be at least 0")
     if args.num_data is not None and args.num_data < args.batch_size:
