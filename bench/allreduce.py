@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import guides
-from gallery import gmm
+from gallery.models import gmm
 from inference.svi import collect_params, make_elbo, make_optimizer, minibatches, svi_step
 
 

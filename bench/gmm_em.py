@@ -37,8 +37,8 @@ from arguments import require_at_least_one
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from gallery import gmm
-from gallery.gmm import GMMParams
+from gallery.models import gmm
+from gallery.models.gmm import GMMParams
 from inference.em import em_gmm
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

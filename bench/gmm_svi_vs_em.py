@@ -9,7 +9,7 @@ log-likelihood L_EM sets the target L_EM - 1e-3 |L_EM| (``--rel-tol``), the tole
 with the full data each step and once with minibatches, built as :func:`inference.svi.fit_svi`
 builds its loop (the same ELBO, parameter collection, fused Adam and 10x learning-rate decay over
 ``--max-steps``). Every ``--eval-every`` steps the clock stops, the exact mean log-likelihood is
-evaluated at the current parameters (``gallery.gmm.log_likelihood``, untimed) and the run stops
+evaluated at the current parameters (``gallery.models.gmm.log_likelihood``, untimed) and the run stops
 once it reaches the target. Reported: EM's time (``baseline_s``), the full-batch SVI's time to
 the target (``ours_s``) and the minibatch SVI's (``minibatch_s``), their ratios to EM, and the
 steps each needed. EM crosses the target long before it converges, so the time of EM stopped at
@@ -38,8 +38,8 @@ from arguments import require_at_least_one
 from gmm_em import DTYPES, initial_params, make_mixture, resolve_device, sample, settings, sync
 
 import guides
-from gallery import gmm
-from gallery.gmm import GMMParams
+from gallery.models import gmm
+from gallery.models.gmm import GMMParams
 from inference.em import em_gmm
 from inference.svi import collect_params, make_elbo, make_optimizer, minibatches, svi_step, uses_enumeration
 

@@ -20,7 +20,7 @@ import torch
 from arguments import require_at_least_one
 from gmm_em import make_mixture
 
-from gallery.gmm import GMMParams
+from gallery.models.gmm import GMMParams
 
 CHUNK_ROWS = 1 << 17  # rows drawn at a time: (chunk, D, D) Cholesky factors stay ~10 MB for D = 4
 

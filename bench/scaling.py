@@ -50,7 +50,7 @@ from make_memmap import fill_sample
 from pyro import poutine
 
 import guides
-from gallery import gmm
+from gallery.models import gmm
 from inference.svi import collect_params, make_elbo, make_optimizer, minibatches, svi_step, uses_enumeration
 
 SIZES = {"quick": [10_000, 100_000], "full": [10_000, 100_000, 1_000_000]}

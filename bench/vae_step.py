@@ -37,7 +37,7 @@ from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
 from torch import Tensor, nn
 from torch.nn.functional import binary_cross_entropy_with_logits, softplus
 
-from gallery import vae
+from gallery.models import vae
 from guides import AmortisedNormal
 from inference.svi import collect_params, make_elbo, make_optimizer, minibatches, svi_step, uses_enumeration
 

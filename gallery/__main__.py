@@ -1,7 +1,7 @@
-"""``python -m gallery``: see :mod:`gallery.cli`."""
+"""``python -m gallery``: see :mod:`gallery.app.cli`."""
 
 import sys
 
-from gallery.cli import main
+from gallery.app.cli import main
 
 sys.exit(main())

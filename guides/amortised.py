@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 from torch.nn.functional import softplus
 
-from gallery.common import data_plate
-from gallery.networks import mlp
+from gallery.models.common import data_plate
+from gallery.models.networks import mlp
 
 COVARIANCES = ("diag", "full")
 

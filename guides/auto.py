@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from torch import Tensor
 
-from gallery.common import data_plate, resolve_device, resolve_sizes
+from gallery.models.common import data_plate, resolve_device, resolve_sizes
 
 
 def _create_plates(

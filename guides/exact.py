@@ -16,8 +16,8 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from gallery import gmm, linear_gaussian
-from gallery.common import data_plate, resolve_sizes
+from gallery.models import gmm, linear_gaussian
+from gallery.models.common import data_plate, resolve_sizes
 
 
 def _require_data(data: Tensor | None) -> Tensor:
@@ -38,7 +38,7 @@ def gmm_posterior(
     subsample_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> None:
-    """q(c_n) = p(c_n | x_n), enumerated; the signature of :func:`gallery.gmm.model`."""
+    """q(c_n) = p(c_n | x_n), enumerated; the signature of :func:`gallery.models.gmm.model`."""
     data = _require_data(data)
     num_data, obs_dim = resolve_sizes(data, num_data, obs_dim)
     params = gmm.global_params(
@@ -78,7 +78,7 @@ def factor_analysis_posterior(
     subsample_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> None:
-    """q(z_n) = p(z_n | x_n); the signature of :func:`gallery.factor_analysis.model`."""
+    """q(z_n) = p(z_n | x_n); the signature of :func:`gallery.models.factor_analysis.model`."""
     _linear_gaussian_posterior(
         data,
         latent_dim=latent_dim,
@@ -102,7 +102,7 @@ def ppca_posterior(
     subsample_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> None:
-    """q(z_n) = p(z_n | x_n); the signature of :func:`gallery.ppca.model`."""
+    """q(z_n) = p(z_n | x_n); the signature of :func:`gallery.models.ppca.model`."""
     _linear_gaussian_posterior(
         data,
         latent_dim=latent_dim,

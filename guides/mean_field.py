@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from gallery.common import data_plate, fresh
+from gallery.models.common import data_plate, fresh
 from guides.amortised import full_covariance_normal
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from gallery.atomic import write_atomic
+from gallery.data.files import write_atomic
 
 FORMAT = "pyro-model-gallery/svi-checkpoint"
 VERSION = 1

@@ -3,7 +3,7 @@
 Each model has a pure ``e_step(data, params) -> (stats, mean log p(x))`` and
 ``m_step(data, stats) -> params``; :func:`run_em` alternates them and records the mean
 log-likelihood of every iterate. The data may be an (N, D) tensor or rows left on disk
-(:class:`gallery.mapped.MappedRows`, walked in blocks); factor analysis and PPCA need only the
+(:class:`gallery.data.mapped.MappedRows`, walked in blocks); factor analysis and PPCA need only the
 data's column moments, computed once. EM never lowers log p(x) (Dempster, Laird and Rubin 1977),
 which the tests check iteration by iteration. Float64 by default, on the data's device.
 """
@@ -20,11 +20,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gallery import gmm, linear_gaussian
-from gallery.common import check_data, clock
-from gallery.gmm import GMMParams
-from gallery.linear_gaussian import LinearGaussianParams
-from gallery.mapped import MappedRows, Moments, blocks, moments
+from gallery.data.checks import check_data, clock
+from gallery.data.mapped import MappedRows, Moments, blocks, moments
+from gallery.models import gmm, linear_gaussian
+from gallery.models.gmm import GMMParams
+from gallery.models.linear_gaussian import LinearGaussianParams
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ def em_gmm(
     chunk_size: int | None = None,
     **kwargs,
 ) -> EMResult:
-    """Exact EM for :mod:`gallery.gmm` from ``init``; ``kwargs`` go to :func:`run_em`.
+    """Exact EM for :mod:`gallery.models.gmm` from ``init``; ``kwargs`` go to :func:`run_em`.
 
     Each E-step also accumulates the next M-step's sums (:func:`gmm_e_step_stats`; for data on
     disk, :func:`gmm_e_step_blocks` about the starting mixture's mean, which k-means puts near the

@@ -13,11 +13,11 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from gallery import gmm, linear_gaussian
-from gallery.common import check_data
-from gallery.gmm import GMMParams
-from gallery.linear_gaussian import LinearGaussianParams
-from gallery.mapped import MappedRows, blocks, mean_over_rows
+from gallery.data.checks import check_data
+from gallery.data.mapped import MappedRows, blocks, mean_over_rows
+from gallery.models import gmm, linear_gaussian
+from gallery.models.gmm import GMMParams
+from gallery.models.linear_gaussian import LinearGaussianParams
 from guides.amortised import CholeskyAffine
 from inference.svi import make_elbo, uses_enumeration
 

@@ -19,7 +19,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from gallery.common import check_data
+from gallery.data.checks import check_data
 from guides.amortised import AmortisedNormal
 from guides.mean_field import MeanFieldNormal
 from inference.importance import ImportanceEstimate, importance_estimate

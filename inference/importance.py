@@ -20,7 +20,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from gallery.common import check_data
+from gallery.data.checks import check_data
 
 
 @dataclass(frozen=True)

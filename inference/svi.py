@@ -15,7 +15,7 @@ as ``subsample=`` to both model and guide, so per-datum guide parameters and the
 describe are indexed by the same rows. With ``parallel=`` the loop is one of W data-parallel
 processes on ``torch.distributed`` (:mod:`inference.distributed`): the data is this process's
 shard, and the hook sums the gradients over the processes. Data left on disk
-(:class:`gallery.mapped.MappedRows`) is read a minibatch at a time: model and guide then see the
+(:class:`gallery.data.mapped.MappedRows`) is read a minibatch at a time: model and guide then see the
 B rows read, under ``poutine.scale(scale=N / B)``, the same estimator as the subsampled plate.
 """
 
@@ -31,11 +31,11 @@ from pyro.infer import ELBO
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from gallery.common import check_data, clock
-from gallery.mapped import MappedRows
+from gallery.data.checks import check_data, clock
+from gallery.data.mapped import MappedRows
 from inference.checkpoint import Checkpointing, restore, rng_state, set_rng_state
 from inference.distributed import DataParallel, per_datapoint
-from inference.elbo import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
+from inference.estimators import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
 
 MAX_PLATE_NESTING = 1  # every gallery model has one plate, "data"
 
@@ -61,7 +61,7 @@ def uses_enumeration(model: Callable, guide: Callable, *args, **kwargs) -> bool:
 
 def make_elbo(enumerate_discrete: bool, num_particles: int = 1) -> ELBO:
     """``TraceEnum_ELBO`` where a discrete site is enumerated, else ``Trace_ELBO`` (in their
-    sync-free form, :mod:`inference.elbo`); particles are vectorised over a plate left of the
+    sync-free form, :mod:`inference.estimators`); particles are vectorised over a plate left of the
     data plate."""
     cls = DeviceTraceEnum_ELBO if enumerate_discrete else DeviceTrace_ELBO
     return cls(

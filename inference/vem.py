@@ -55,10 +55,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from gallery import gmm, linear_gaussian
-from gallery.common import check_data, clock
-from gallery.gmm import GMMParams
-from gallery.linear_gaussian import LinearGaussianParams
+from gallery.data.checks import check_data, clock
+from gallery.models import gmm, linear_gaussian
+from gallery.models.gmm import GMMParams
+from gallery.models.linear_gaussian import LinearGaussianParams
 from inference.evaluate import linear_gaussian_elbo, log_likelihood
 
 FAMILIES = ("exact", "mean-field")
@@ -302,7 +302,7 @@ def _check_init(data: Tensor, init: Any) -> None:
     if not isinstance(init, GMMParams | LinearGaussianParams):
         raise ValueError(
             f"init must be GMMParams or LinearGaussianParams, got {type(init).__name__}; "
-            "build it with gallery.gmm.init_params or gallery.linear_gaussian.init_params"
+            "build it with gallery.models.gmm.init_params or gallery.models.linear_gaussian.init_params"
         )
     if init.loc.shape[-1] != data.shape[1]:
         raise ValueError(

@@ -6,8 +6,8 @@ import pyro
 import pytest
 import torch
 
-from gallery.gmm import GMMParams
-from gallery.linear_gaussian import LinearGaussianParams
+from gallery.models.gmm import GMMParams
+from gallery.models.linear_gaussian import LinearGaussianParams
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, CUDA])]

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-import gallery.cli
-from gallery.cli import main
+import gallery.app.cli
+from gallery.app.cli import main
 from tests.conftest import exit_status
 
 pytestmark = [
@@ -130,7 +130,7 @@ def no_compute(monkeypatch):
     def fit(prepared):
         raise AssertionError("fit() ran on bad input")
 
-    monkeypatch.setattr(gallery.cli, "fit", fit)
+    monkeypatch.setattr(gallery.app.cli, "fit", fit)
 
 
 @pytest.fixture

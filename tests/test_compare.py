@@ -16,8 +16,8 @@ import io
 import pytest
 import torch
 
-import gallery.compare
-from gallery.compare import main
+import gallery.app.compare
+from gallery.app.compare import main
 from inference.evaluate import BoundDecomposition, decompose
 from tests.conftest import CUDA
 
@@ -147,7 +147,7 @@ def test_a_bound_violation_stops_the_run_before_anything_is_written(tmp_path, mo
         terms = decompose(*args, **kwargs)
         return BoundDecomposition(terms.log_likelihood, terms.log_likelihood + 1e-6, terms.kl)
 
-    monkeypatch.setattr(gallery.compare, "decompose", broken)
+    monkeypatch.setattr(gallery.app.compare, "decompose", broken)
     status, stdout, stderr = call(["--quick", "--no-progress", "--out", str(tmp_path / "out")])
     assert status == 1 and stdout == "" and len(stderr.splitlines()) == 1
     assert "gmm / exact: ELBO exceeds log p(x) by 1e-06" in stderr

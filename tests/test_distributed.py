@@ -28,9 +28,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import gallery.cli
+import gallery.app.cli
 import guides
-from gallery import gmm, load, ppca
+from gallery import load
+from gallery.models import gmm, ppca
 from inference.checkpoint import Checkpointing
 from inference.distributed import DataParallel, per_datapoint
 from inference.svi import collect_params, fit_svi, make_elbo, make_optimizer, minibatches, svi_step
@@ -302,7 +303,7 @@ def test_shards_seeds_and_environment(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert DataParallel.from_environment() is None
     argv = ["run", "ppca", "--num-processes", "2", "--seed", "3", "--num-pro=2", "--lr", "0.1"]
-    assert gallery.cli.without_num_processes(argv) == ["run", "ppca", "--seed", "3", "--lr", "0.1"]
+    assert gallery.app.cli.without_num_processes(argv) == ["run", "ppca", "--seed", "3", "--lr", "0.1"]
 
 
 @pytest.fixture
@@ -310,7 +311,7 @@ def no_launch(monkeypatch):
     def launch(argv, num_processes):
         raise AssertionError("processes started on bad input")
 
-    monkeypatch.setattr(gallery.cli, "launch", launch)
+    monkeypatch.setattr(gallery.app.cli, "launch", launch)
 
 
 @pytest.mark.parametrize(

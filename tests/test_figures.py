@@ -7,12 +7,12 @@ import pyro
 import pytest
 import torch
 
-import gallery.figures
-import gallery.lecture_figures
+import gallery.app.figures
+import gallery.report.figures.lecture
 import inference.evaluate
-from gallery import linear_gaussian
-from gallery.figures import FILES, main
-from gallery.registry import make_guide
+from gallery.app.figures import FILES, main
+from gallery.models import linear_gaussian
+from guides.registry import make_guide
 from inference import decompose
 from inference.evaluate import decomposition_terms
 from tests.conftest import exit_status, known_linear_gaussian, sample_linear_gaussian
@@ -90,7 +90,7 @@ def test_nothing_is_written_when_a_figure_fails(tmp_path, monkeypatch):
     def fail(*args):
         raise RuntimeError("the last figure failed")
 
-    monkeypatch.setattr(gallery.figures, "vem_figure", fail)
+    monkeypatch.setattr(gallery.app.figures, "vem_figure", fail)
     out = tmp_path / "figures"
     with pytest.raises(RuntimeError, match="last figure"):
         main([*TINY, "--num-steps", "2", "--out", str(out)])
@@ -110,7 +110,9 @@ if not torch.cuda.is_available():
 
 @pytest.mark.parametrize("argv", list(BAD_INPUT.values()), ids=list(BAD_INPUT))
 def test_bad_input_exits_2_in_one_line_before_any_work(argv, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(gallery.figures, "make_figures", lambda *a, **k: pytest.fail("computed on bad input"))
+    monkeypatch.setattr(
+        gallery.app.figures, "make_figures", lambda *a, **k: pytest.fail("computed on bad input")
+    )
     out = tmp_path / "figures"
     assert run_main([*argv, "--out", str(out), "--no-progress"]) == 2
     captured = capsys.readouterr()
@@ -121,7 +123,9 @@ def test_bad_input_exits_2_in_one_line_before_any_work(argv, tmp_path, capsys, m
 
 
 def test_out_below_a_file_is_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(gallery.figures, "make_figures", lambda *a, **k: pytest.fail("computed on bad input"))
+    monkeypatch.setattr(
+        gallery.app.figures, "make_figures", lambda *a, **k: pytest.fail("computed on bad input")
+    )
     blocker = tmp_path / "a-file"
     blocker.write_bytes(b"keep me")
     assert run_main(["--out", str(blocker / "figures"), "--no-progress"]) == 2

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import guides
-from gallery import factor_analysis, gmm, ppca, vae
+from gallery.models import factor_analysis, gmm, ppca, vae
 from inference.svi import fit_svi
 from tests.test_cli import run_main
 

@@ -38,7 +38,7 @@ def counted(real, on_call):
         return real(*args, **kwargs)
     return wrapper
 
-import gallery.atomic, gallery.vae_run, inference.checkpoint, inference.svi
+import gallery.report.atomic, gallery.app.vae_run, inference.checkpoint, inference.svi
 if mode == "step":
     inference.svi.svi_step = counted(inference.svi.svi_step, lambda real, *a, **k: die())
 elif mode == "checkpoint-write":  # half the bytes in the temporary file, then killed
@@ -53,11 +53,11 @@ elif mode == "after-checkpoint":
         inference.checkpoint.write_atomic, lambda real, *a, **k: (real(*a, **k), die())
     )
 elif mode == "evaluation":  # the second importance estimate: after training
-    gallery.vae_run.importance_estimate = counted(
-        gallery.vae_run.importance_estimate, lambda real, *a, **k: die()
+    gallery.app.vae_run.importance_estimate = counted(
+        gallery.app.vae_run.importance_estimate, lambda real, *a, **k: die()
     )
 elif mode == "outputs":  # the first result file staged, then killed before any rename
-    real_write_all = gallery.atomic.write_all_atomic
+    real_write_all = gallery.report.atomic.write_all_atomic
     def staged_then_die(folder, payloads):
         if "metrics.json" not in payloads:  # a checkpoint: written as usual
             return real_write_all(folder, payloads)
@@ -65,8 +65,8 @@ elif mode == "outputs":  # the first result file staged, then killed before any 
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
         os.write(fd, payload)
         die()
-    gallery.atomic.write_all_atomic = staged_then_die
-from gallery.cli import main
+    gallery.report.atomic.write_all_atomic = staged_then_die
+from gallery.app.cli import main
 sys.exit(main(argv))
 """
 

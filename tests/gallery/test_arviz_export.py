@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import guides
-from gallery import arviz_export, gmm, linear_gaussian
+from gallery.models import gmm, linear_gaussian
+from gallery.report import arviz_export
 from tests.conftest import known_gmm, known_linear_gaussian, sample_gmm, sample_linear_gaussian
 from tests.test_cli import run_main
 

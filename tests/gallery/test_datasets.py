@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gallery import datasets
-from gallery.common import check_data
+from gallery.data import datasets
+from gallery.data.checks import check_data
 
 TABLE = np.array([[5.1, 3.5, -1.25], [4.9, 3.0, 0.0], [1e-3, 2.5e4, 7.0]])
 UNPICKLED = []

@@ -1,4 +1,4 @@
-"""Data left on disk (gallery.mapped) and the inference that walks it.
+"""Data left on disk (gallery.data.mapped) and the inference that walks it.
 
 Each streamed computation is compared with the same computation on the array in memory. Blocks
 of a few rows force many blocks and merges. The only differences allowed are from the order of
@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import guides
-from gallery import datasets, factor_analysis, gmm, mapped, ppca
-from gallery.mapped import MappedRows, init_sample, moments, open_npy
+from gallery.data import datasets, mapped
+from gallery.data.mapped import MappedRows, init_sample, moments, open_npy
+from gallery.models import factor_analysis, gmm, ppca
 from guides.mean_field import MeanFieldNormal
 from inference import evaluate
 from inference.em import em_gmm, em_linear_gaussian, linear_gaussian_e_step, ppca_closed_form
@@ -124,7 +125,7 @@ def test_open_npy_refuses_what_it_cannot_map(tmp_path, array, message):
 @pytest.mark.parametrize("dtype", [">f8", "<i2", "bool", "<f2", "<f4"])
 def test_any_numeric_file_reads_as_the_in_memory_loader_reads_it(tmp_path, dtype):
     """Big-endian, integer, boolean and half-precision files give the rows that
-    ``gallery.datasets.load`` gives (float64, native order), in blocks and by index."""
+    ``gallery.data.datasets.load`` gives (float64, native order), in blocks and by index."""
     array = (np.random.default_rng(0).normal(size=(30, 3)) * 4).astype(dtype)
     np.save(tmp_path / "x.npy", array)
     rows = replace(open_npy(tmp_path / "x.npy", CPU, torch.float64), block_rows=7)

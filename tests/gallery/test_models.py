@@ -14,10 +14,11 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 
 import guides
-from gallery import factor_analysis, gmm, load, ppca
-from gallery.common import same_device
-from gallery.gmm import GMMParams
-from gallery.linear_gaussian import LinearGaussianParams, posterior
+from gallery import load
+from gallery.models import factor_analysis, gmm, ppca
+from gallery.models.common import same_device
+from gallery.models.gmm import GMMParams
+from gallery.models.linear_gaussian import LinearGaussianParams, posterior
 from inference.svi import fit_svi
 from tests.conftest import known_gmm, known_linear_gaussian, sample_gmm, sample_linear_gaussian
 

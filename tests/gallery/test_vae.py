@@ -11,7 +11,9 @@ import torch
 from pyro import poutine
 
 import guides
-from gallery import datasets, load, vae
+from gallery import load
+from gallery.data import datasets
+from gallery.models import vae
 from inference.svi import fit_svi
 
 

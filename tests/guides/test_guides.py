@@ -11,8 +11,9 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 import guides
-from gallery import factor_analysis, gmm, load, ppca
-from gallery.linear_gaussian import posterior
+from gallery import load
+from gallery.models import factor_analysis, gmm, ppca
+from gallery.models.linear_gaussian import posterior
 from inference.evaluate import decompose
 from inference.svi import fit_svi
 from tests.conftest import known_gmm, known_linear_gaussian, sample_gmm, sample_linear_gaussian

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import guides
-from gallery import load, vae
+from gallery import load
+from gallery.models import vae
 from inference.checkpoint import Checkpointing, load_checkpoint
 from inference.svi import fit_svi
 

@@ -16,8 +16,9 @@ import torch
 from sklearn.decomposition import PCA, FactorAnalysis
 from sklearn.mixture import GaussianMixture
 
-from gallery import factor_analysis, gmm, load, ppca
-from gallery.gmm import GMMParams
+from gallery import load
+from gallery.models import factor_analysis, gmm, ppca
+from gallery.models.gmm import GMMParams
 from inference.em import (
     em_gmm,
     em_linear_gaussian,

@@ -13,7 +13,8 @@ import torch.distributions as td
 from pyro import poutine
 
 import guides
-from gallery import factor_analysis, gmm, load, ppca
+from gallery import load
+from gallery.models import factor_analysis, gmm, ppca
 from inference.evaluate import decompose, elbo, gaussian_kl, guide_distribution, log_likelihood
 from inference.svi import fit_svi
 from tests.conftest import known_linear_gaussian, sample_linear_gaussian

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import guides
-from gallery import linear_gaussian, vae
+from gallery.models import linear_gaussian, vae
 from inference.gaps import LOCAL_NAME, inference_gaps
 from tests.conftest import known_linear_gaussian, sample_linear_gaussian
 

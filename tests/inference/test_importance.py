@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import guides
-from gallery import load, ppca, vae
+from gallery import load
+from gallery.models import ppca, vae
 from inference import evaluate
 from inference.importance import importance_estimate
 from inference.svi import fit_svi
@@ -65,7 +66,7 @@ def test_the_estimate_is_at_least_the_elbo_and_grows_with_k():
 
 
 def test_enumerated_latents_and_bad_sizes_are_clear_errors():
-    from gallery import gmm
+    from gallery.models import gmm
     from tests.conftest import known_gmm, sample_gmm
 
     params = known_gmm()

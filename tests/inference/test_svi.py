@@ -20,7 +20,8 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from torch.distributions.constraints import positive
 
 import guides
-from gallery import factor_analysis, gmm, load, ppca, vae
+from gallery import load
+from gallery.models import factor_analysis, gmm, ppca, vae
 from inference.em import em_gmm, em_linear_gaussian
 from inference.svi import collect_params, fit_svi, make_elbo, minibatches, svi_step
 from tests.conftest import known_gmm, known_linear_gaussian, sample_gmm, sample_linear_gaussian

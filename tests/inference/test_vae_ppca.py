@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import guides
-from gallery import linear_gaussian, load, vae
+from gallery import load
+from gallery.models import linear_gaussian, vae
 from inference.em import ppca_max_log_likelihood
 from inference.importance import importance_estimate
 from inference.svi import fit_svi

@@ -14,7 +14,8 @@ import warnings
 import pytest
 import torch
 
-from gallery import factor_analysis, gmm, load, ppca
+from gallery import load
+from gallery.models import factor_analysis, gmm, ppca
 from inference.em import (
     em_gmm,
     em_linear_gaussian,

@@ -24,9 +24,9 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from gallery.common import data_plate, resolve_device, resolve_sizes, same_device
-from gallery.linear_gaussian import LinearGaussianParams
-from gallery.networks import mlp
+from gallery.models.common import data_plate, resolve_device, resolve_sizes, same_device
+from gallery.models.linear_gaussian import LinearGaussianParams
+from gallery.models.networks import mlp
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}

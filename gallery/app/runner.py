@@ -8,7 +8,7 @@ computes the same initial parameters and guide from the seed, then trains by SVI
 the rows (:mod:`inference.distributed`). EM and the evaluation run after SVI on rank 0 alone, on
 the whole data, so no process waits for them; the other ranks return ``None``.
 
-With ``--stream`` the data stay in their ``.npy`` file, memory-mapped (:mod:`gallery.mapped`):
+With ``--stream`` the data stay in their ``.npy`` file, memory-mapped (:mod:`gallery.data.mapped`):
 SVI reads each minibatch from the map, and the checks, EM and the evaluation walk the file a
 block at a time, so memory does not grow with N.
 """
@@ -24,8 +24,8 @@ import pyro
 import torch
 from torch import Tensor
 
-from gallery import datasets, mapped
-from gallery.registry import MODELS, check_guide, make_guide
+from gallery.data import datasets, mapped
+from guides.registry import MODELS, check_guide, make_guide
 from inference import evaluate
 from inference.checkpoint import Checkpointing
 from inference.distributed import DataParallel
@@ -390,8 +390,8 @@ def fit(
 def arviz_payloads(
     model, guide, data: Tensor, *, latent: str, elbo_per_datum: Tensor, num_draws: int, **kwargs
 ):
-    """``posterior.nc`` and ``posterior_summary.csv`` for ``--arviz`` (see gallery.arviz_export)."""
-    from gallery import arviz_export
+    """``posterior.nc`` and ``posterior_summary.csv`` for ``--arviz`` (see gallery.report.arviz_export)."""
+    from gallery.report import arviz_export
 
     dataset = arviz_export.export(
         model, guide, data, latent=latent, elbo_per_datum=elbo_per_datum, num_draws=num_draws, **kwargs

@@ -13,8 +13,8 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from gallery import vae  # noqa: E402
-from gallery.outputs import png_bytes  # noqa: E402
+from gallery.models import vae  # noqa: E402
+from gallery.report.outputs import png_bytes  # noqa: E402
 from guides import AmortisedNormal, MeanFieldNormal  # noqa: E402
 
 

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from gallery.common import check_data, data_plate, fresh, resolve_device, resolve_sizes
+from gallery.data.checks import check_data
+from gallery.models.common import data_plate, fresh, resolve_device, resolve_sizes
 
 COVARIANCE_TYPES = ("full", "diag")
 REG_COVAR = 1e-6  # the covariance floor, as EM's (and scikit-learn's) reg_covar

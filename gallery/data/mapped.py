@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gallery.common import check_data
+from gallery.data.checks import check_data
 
 BLOCK_ROWS = 1 << 16  # rows read at a time for the whole-data passes: 2 MiB at D = 4 in float64
 INIT_ROWS = 100_000  # at most this many rows (a seeded sample) for the starting parameters

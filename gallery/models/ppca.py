@@ -1,11 +1,12 @@
-"""Factor analysis, fitted by maximum likelihood.
+"""Probabilistic PCA, fitted by maximum likelihood.
 
-Generative process, for each data point n = 1..N (Ghahramani and Hinton 1996, eq. 1):
+Generative process, for each data point n = 1..N (Tipping and Bishop 1999, eq. 2):
 
     z_n ~ N(0, I_p)                                  z: (N, p)
-    x_n | z_n ~ N(loading @ z_n + loc, diag(psi))    loading: (d, p), loc: (d,), psi: (d,)
+    x_n | z_n ~ N(loading @ z_n + loc, sigma^2 I_d)  loading: (d, p), loc: (d,), sigma^2: ()
 
-``loc``, ``loading`` and ``noise_variance`` (psi) are ``pyro.param`` point estimates.
+``loc``, ``loading`` and ``noise_variance`` (sigma^2) are ``pyro.param`` point estimates. The
+maximum-likelihood solution is in closed form: :func:`inference.em.ppca_closed_form`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gallery import linear_gaussian
-from gallery.linear_gaussian import LinearGaussianParams, current_params, log_likelihood
+from gallery.models import linear_gaussian
+from gallery.models.linear_gaussian import LinearGaussianParams, current_params, log_likelihood
 
 __all__ = ["LinearGaussianParams", "current_params", "init_params", "log_likelihood", "model"]
 
@@ -22,9 +23,9 @@ __all__ = ["LinearGaussianParams", "current_params", "init_params", "log_likelih
 def init_params(
     data: Tensor, latent_dim: int, *, generator: torch.Generator | None = None
 ) -> LinearGaussianParams:
-    """Starting parameters with one noise variance per dimension; see
-    :func:`gallery.linear_gaussian.init_params`."""
-    return linear_gaussian.init_params(data, latent_dim, isotropic=False, generator=generator)
+    """Starting parameters with one shared noise variance; see
+    :func:`gallery.models.linear_gaussian.init_params`."""
+    return linear_gaussian.init_params(data, latent_dim, isotropic=True, generator=generator)
 
 
 def model(
@@ -38,7 +39,7 @@ def model(
     subsample_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Factor analysis: ``z_n ~ N(0, I_p)``, ``x_n ~ N(loading @ z_n + loc, diag(psi))``.
+    """PPCA: ``z_n ~ N(0, I_p)``, ``x_n ~ N(loading @ z_n + loc, sigma^2 I)``.
 
     :param data: (N, d) observations, or None to sample ``num_data`` points of ``obs_dim``.
     :param init: starting parameters; default :func:`init_params` on the data.
@@ -48,7 +49,7 @@ def model(
     return linear_gaussian.model(
         data,
         latent_dim=latent_dim,
-        isotropic=False,
+        isotropic=True,
         num_data=num_data,
         obs_dim=obs_dim,
         init=init,

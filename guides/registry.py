@@ -11,7 +11,7 @@ import torch
 from pyro import poutine
 
 import guides
-from gallery import factor_analysis, gmm, linear_gaussian, ppca
+from gallery.models import factor_analysis, gmm, linear_gaussian, ppca
 from inference import em
 
 

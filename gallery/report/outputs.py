@@ -1,5 +1,5 @@
 """The ``run`` job's result files as bytes (metrics, parameters, the training curve), made
-before anything is written; :mod:`gallery.atomic` writes them."""
+before anything is written; :mod:`gallery.report.atomic` writes them."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gallery.common import check_data
+from gallery.data.checks import check_data
 
 BUNDLED = {
     "iris": "Fisher's iris: 150 flowers, 4 measurements in cm, 3 species as labels.",

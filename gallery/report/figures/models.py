@@ -1,7 +1,7 @@
 """Figures of the fitted models themselves, for ``python -m gallery figures``: the mixture's
 components on iris, the loadings and latent projections of factor analysis and PPCA, and the
 VAE's generated examples, reconstructions and latent space. Settings and the figure record come
-from :mod:`gallery.lecture_figures`.
+from :mod:`gallery.report.figures.lecture`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,12 @@ import torch  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from gallery import datasets, factor_analysis, gmm, linear_gaussian, ppca, vae_figures  # noqa: E402
-from gallery.lecture_figures import (  # noqa: E402
+from gallery.app.runner import RunConfig  # noqa: E402
+from gallery.data import datasets  # noqa: E402
+from gallery.models import factor_analysis, gmm, linear_gaussian, ppca  # noqa: E402
+from gallery.models.linear_gaussian import LinearGaussianParams  # noqa: E402
+from gallery.report.figures import vae as vae_figures  # noqa: E402
+from gallery.report.figures.lecture import (  # noqa: E402
     IRIS_COLUMNS,
     IRIS_SPECIES,
     LATENT_DIM,
@@ -29,8 +33,6 @@ from gallery.lecture_figures import (  # noqa: E402
     em_stop,
     png_bytes,
 )
-from gallery.linear_gaussian import LinearGaussianParams  # noqa: E402
-from gallery.runner import RunConfig  # noqa: E402
 from inference.em import em_gmm, em_linear_gaussian  # noqa: E402
 
 
@@ -179,7 +181,7 @@ def linear_gaussian_figure(settings: Settings, iris: datasets.Dataset) -> Figure
 def vae_figure_files(settings: Settings) -> list[Figure]:
     """The VAE (p = 2, otherwise the ``run vae`` defaults) on the digits: generated examples,
     reconstructions of held-out digits, and the training digits' latent means by digit."""
-    from gallery.vae_run import fit_vae, prepare_vae
+    from gallery.app.vae_run import fit_vae, prepare_vae
 
     config = RunConfig(
         model="vae",

@@ -20,12 +20,13 @@ import sys
 import warnings
 from pathlib import Path
 
-from gallery import compare, datasets, figures
-from gallery.atomic import check_writable_folder, write_all_atomic
-from gallery.parsing import OneLineParser
-from gallery.registry import GUIDES, MODELS
-from gallery.runner import DTYPES, RunConfig, arviz_payloads, fit, prepare
-from gallery.vae import ACTIVATIONS, LIKELIHOODS
+from gallery.app import compare, figures
+from gallery.app.parsing import OneLineParser
+from gallery.app.runner import DTYPES, RunConfig, arviz_payloads, fit, prepare
+from gallery.data import datasets
+from gallery.models.vae import ACTIVATIONS, LIKELIHOODS
+from gallery.report.atomic import check_writable_folder, write_all_atomic
+from guides.registry import GUIDES, MODELS
 from inference.distributed import DataParallel
 
 
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         try:  # refuse bad input here, once, before any process starts
             check_writable_folder(out)
             if is_vae:
-                from gallery.vae_run import prepare_vae
+                from gallery.app.vae_run import prepare_vae
 
                 prepare_vae(config)
             else:
@@ -315,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if is_vae:
-                from gallery import vae_output
-                from gallery.vae_run import fit_vae, prepare_vae
+                from gallery.app.vae_run import fit_vae, prepare_vae
+                from gallery.report import vae_output
 
                 result = fit_vae(prepare_vae(config), out, parallel=parallel)
                 if result is not None:
@@ -370,7 +371,7 @@ def without_num_processes(argv: list[str]) -> list[str]:
 
 def _render(result) -> dict[str, bytes]:
     """Every output file as bytes, made before anything is written."""
-    from gallery.outputs import curve_png, metrics_bytes, params_bytes
+    from gallery.report.outputs import curve_png, metrics_bytes, params_bytes
 
     metrics = result.metrics
     elbo_trace = -result.svi.losses.double() / metrics["num_data"]

@@ -1,17 +1,12 @@
-"""Atomic file writes: a temporary file in the target folder, flushed to disk, then renamed over
-the target, so a crash leaves either the old file or the new one, never half of one."""
+"""Writing a run's result set: every file staged first, then renamed into place, so a failure
+while writing leaves every earlier result as it was."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` by a temporary file in the same folder and a rename."""
-    path = Path(path)
-    write_all_atomic(path.parent, {path.name: payload})
+from gallery.data.files import stage
 
 
 def write_all_atomic(folder: Path, payloads: dict[str, bytes]) -> None:
@@ -21,23 +16,17 @@ def write_all_atomic(folder: Path, payloads: dict[str, bytes]) -> None:
     apart, can leave some files new and some old."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[str, Path]] = []
+    staged: list[tuple[Path, Path]] = []
     for name in payloads:
         _remove_stale(folder, name)
     try:
         for name, payload in payloads.items():
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-            staged.append((tmp, folder / name))
-            os.chmod(tmp, 0o666 & ~_umask())
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
+            staged.append((stage(folder, name, payload), folder / name))
         for tmp, target in staged:
             os.replace(tmp, target)
     except BaseException:
         for tmp, _ in staged:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
         raise
 
 
@@ -60,9 +49,3 @@ def _remove_stale(folder: Path, name: str) -> None:
     """Delete temporary files of ``name`` left by an earlier run that was killed mid-write."""
     for stale in folder.glob(f".{name}.*.tmp"):
         stale.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -1,6 +1,6 @@
 """The lecture's figures, redrawn from models fitted here: each builder fits what it needs on
 the bundled data and returns a :class:`Figure` (PNG bytes and a caption whose numbers come from
-those fits). ``python -m gallery figures`` (:mod:`gallery.figures`) writes them.
+those fits). ``python -m gallery figures`` (:mod:`gallery.app.figures`) writes them.
 
 1. ``kl_gaussians.png``: KL(N(0, 1) || N(mu, 1)) = mu^2 / 2 against Monte Carlo estimates;
 2. ``em_vs_svi.png``: exact EM beside SVI (exact and mean-field guides) on PPCA, one start;
@@ -10,7 +10,7 @@ those fits). ``python -m gallery figures`` (:mod:`gallery.figures`) writes them.
 6. ``decomposition.png``: log p(x) = E_q[log p(x|z)] - KL(q || p(z)) + KL(q || p(z|x)) per guide;
 7. ``vem.png``: variational EM with the exact and the mean-field q.
 
-Figures 3 to 5 are in :mod:`gallery.model_figures`.
+Figures 3 to 5 are in :mod:`gallery.report.figures.models`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ import torch  # noqa: E402
 from pyro import poutine  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from gallery import datasets, factor_analysis, linear_gaussian, outputs, ppca  # noqa: E402
-from gallery.registry import make_guide  # noqa: E402
+from gallery.data import datasets  # noqa: E402
+from gallery.models import factor_analysis, linear_gaussian, ppca  # noqa: E402
+from gallery.report import outputs  # noqa: E402
+from guides.registry import make_guide  # noqa: E402
 from inference.em import EMResult, em_linear_gaussian, ppca_max_log_likelihood  # noqa: E402
 from inference.evaluate import decompose, decomposition_terms, gaussian_kl  # noqa: E402
 from inference.svi import fit_svi  # noqa: E402

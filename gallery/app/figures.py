@@ -1,12 +1,12 @@
 """``python -m gallery figures``: the lecture's figures, redrawn from models fitted in this run.
 
-The lecture's figures (listed in :mod:`gallery.lecture_figures`) and the fitted models' own
-(:mod:`gallery.model_figures`), on the bundled data (iris, digits), each a PNG with a caption in
+The lecture's figures (listed in :mod:`gallery.report.figures.lecture`) and the fitted models' own
+(:mod:`gallery.report.figures.models`), on the bundled data (iris, digits), each a PNG with a caption in
 ``DIR/index.md`` whose numbers come from the fits made here.
 
 Bad input ends with one line on stderr and exit status 2 before any computation; the files are
 written (staged, then renamed) only after every figure was made, and only into ``--out``. The
-figures themselves are drawn by :mod:`gallery.lecture_figures`.
+figures themselves are drawn by :mod:`gallery.report.figures.lecture`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from gallery import datasets  # noqa: E402
-from gallery.atomic import check_writable_folder, write_all_atomic  # noqa: E402
-from gallery.lecture_figures import (  # noqa: E402
+from gallery.app.parsing import OneLineParser  # noqa: E402
+from gallery.app.runner import check_device  # noqa: E402
+from gallery.data import datasets  # noqa: E402
+from gallery.report.atomic import check_writable_folder, write_all_atomic  # noqa: E402
+from gallery.report.figures.lecture import (  # noqa: E402
     FILES,
     Figure,
     Settings,
@@ -34,9 +36,7 @@ from gallery.lecture_figures import (  # noqa: E402
     kl_figure,
     vem_figure,
 )
-from gallery.model_figures import gmm_figure, linear_gaussian_figure, vae_figure_files  # noqa: E402
-from gallery.parsing import OneLineParser  # noqa: E402
-from gallery.runner import check_device  # noqa: E402
+from gallery.report.figures.models import gmm_figure, linear_gaussian_figure, vae_figure_files  # noqa: E402
 
 PROG = "python -m gallery figures"
 

@@ -1,7 +1,7 @@
 """``python -m gallery compare``: every model with every guide that fits it, one row each.
 
 For each row the fit is the one ``python -m gallery run MODEL --guide GUIDE`` makes (EM and SVI
-from the same start, :func:`gallery.runner.fit`; the VAE by :func:`gallery.vae_run.fit_vae`), and
+from the same start, :func:`gallery.app.runner.fit`; the VAE by :func:`gallery.app.vae_run.fit_vae`), and
 the row splits log p(x) into the bound and its gap, per datum, at the SVI fit:
 
     log p(x) = ELBO(q) + KL(q || p(z | x))
@@ -35,12 +35,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from gallery.atomic import check_writable_folder, write_all_atomic
-from gallery.outputs import png_bytes
-from gallery.parsing import OneLineParser
-from gallery.registry import GUIDES, MODELS, check_guide
-from gallery.runner import RunConfig, fit, prepare
-from gallery.vae_run import VAE_GUIDES, fit_vae, prepare_vae
+from gallery.app.parsing import OneLineParser
+from gallery.app.runner import RunConfig, fit, prepare
+from gallery.app.vae_run import VAE_GUIDES, fit_vae, prepare_vae
+from gallery.report.atomic import check_writable_folder, write_all_atomic
+from gallery.report.outputs import png_bytes
+from guides.registry import GUIDES, MODELS, check_guide
 from inference.evaluate import decompose
 
 PROG = "python -m gallery compare"

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from gallery.common import check_data, data_plate, fresh, resolve_device, resolve_sizes
+from gallery.data.checks import check_data
+from gallery.models.common import data_plate, fresh, resolve_device, resolve_sizes
 
 
 @dataclass(frozen=True)

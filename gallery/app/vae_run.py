@@ -20,8 +20,16 @@ from pyro import poutine
 from torch import Tensor
 
 import guides
-from gallery import datasets, linear_gaussian, vae
-from gallery.runner import DTYPES, RunConfig, check_processes, check_settings, checkpointing, learning_rate
+from gallery.app.runner import (
+    DTYPES,
+    RunConfig,
+    check_processes,
+    check_settings,
+    checkpointing,
+    learning_rate,
+)
+from gallery.data import datasets
+from gallery.models import linear_gaussian, vae
 from inference.distributed import DataParallel
 from inference.em import ppca_max_log_likelihood
 from inference.gaps import best_local_estimate, inference_gaps

@@ -7,10 +7,11 @@ import io
 import pyro
 import torch
 
-from gallery import vae, vae_figures
-from gallery.outputs import metrics_bytes
-from gallery.runner import arviz_payloads
-from gallery.vae_run import VAERunResult
+from gallery.app.runner import arviz_payloads
+from gallery.app.vae_run import VAERunResult
+from gallery.models import vae
+from gallery.report.figures import vae as vae_figures
+from gallery.report.outputs import metrics_bytes
 
 
 def params_bytes(result: VAERunResult) -> bytes:
