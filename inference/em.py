@@ -355,3 +355,10 @@ def ppca_max_log_likelihood(data: Tensor | MappedRows | Moments, latent_dim: int
         + (obs_dim - latent_dim) * noise_variance.log()
         + obs_dim
     )
+
+
+def fit_em(data, init, **kwargs) -> EMResult:
+    """Exact EM from ``init`` for the model that owns ``init``; ``kwargs`` go to :func:`run_em`."""
+    if isinstance(init, GMMParams):
+        return em_gmm(data, init, **kwargs)
+    return em_linear_gaussian(data, init, **kwargs)

@@ -18,6 +18,8 @@ from gallery.models.linear_gaussian import LinearGaussianParams, current_params,
 
 __all__ = ["LinearGaussianParams", "current_params", "init_params", "log_likelihood", "model"]
 
+NAME, LATENT, PREFIX = "factor-analysis", "z", "factor_analysis"  # see gallery.models.protocol
+
 
 def init_params(
     data: Tensor, latent_dim: int, *, generator: torch.Generator | None = None

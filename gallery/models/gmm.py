@@ -33,6 +33,7 @@ from gallery.data.checks import check_data
 from gallery.models.common import data_plate, fresh, resolve_device, resolve_sizes
 
 COVARIANCE_TYPES = ("full", "diag")
+NAME, LATENT, PREFIX = "gmm", "c", "gmm"  # see gallery.models.protocol
 REG_COVAR = 1e-6  # the covariance floor, as EM's (and scikit-learn's) reg_covar
 
 

@@ -29,6 +29,7 @@ from gallery.models.linear_gaussian import LinearGaussianParams
 from gallery.models.networks import mlp
 
 LIKELIHOODS = ("gaussian", "bernoulli")
+NAME, LATENT, PREFIX = "vae", "z", "vae"  # see gallery.models.protocol
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
 
 
