@@ -26,21 +26,29 @@ def write_all_atomic(folder: Path, payloads: dict[str, bytes]) -> None:
 
     Raises ``ValueError`` in one line saying what failed and which set the folder holds."""
     folder = Path(folder)
-    odd = [name for name in payloads if Path(name).name != name or name.startswith((".staging-", ".backup-"))]
-    if odd:
-        raise ValueError(f"result file names must be plain file names, got {odd}")
+    odd = [name for name in payloads if Path(name).name != name or name in ("..", _COMPLETE)]
+    if odd or any(name.startswith((".staging-", ".backup-")) for name in payloads):
+        raise ValueError(f"result file names must be plain file names, got {odd or list(payloads)}")
     folder.mkdir(parents=True, exist_ok=True)
-    recover_stale(folder)
+    try:
+        recover_stale(folder)
+    except OSError as err:
+        raise ValueError(
+            f"could not finish what a killed run left in {str(folder)!r} ({_one_line(err)}); move its "
+            ".staging-pid* folder's files in, or delete it, by hand"
+        ) from err
     for name in payloads:
         remove_stale_temporaries(folder, name)
-    staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".staging-pid{os.getpid()}-"))
+    staging = None
     try:
+        staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".staging-pid{os.getpid()}-"))
         for name, payload in payloads.items():
             _write_flushed(staging / name, payload)
         _sync(staging)
         _write_flushed(staging / _COMPLETE, b"")
     except BaseException as err:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         if isinstance(err, OSError):
             raise ValueError(
                 f"could not write the results into {str(folder)!r} ({_one_line(err)}); nothing was "
@@ -136,12 +144,15 @@ def _write_flushed(path: Path, payload: bytes) -> None:
 
 
 def _sync(folder: Path) -> None:
-    """Flush ``folder``'s entries (the renames) to disk."""
-    fd = os.open(folder, os.O_RDONLY)
+    """Flush ``folder``'s entries (the renames) to disk, where the file system allows it."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some file systems cannot fsync a folder; the renames stand all the same
+        pass
 
 
 def _one_line(err: BaseException) -> str:

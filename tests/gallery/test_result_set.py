@@ -120,7 +120,7 @@ def test_failed_roll_back_says_where_the_files_are(tmp_path, monkeypatch):
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("name", ["../x", "sub/x", ".staging-1-x"])
+@pytest.mark.parametrize("name", ["../x", "sub/x", "..", ".complete", ".staging-pid1-x"])
 def test_odd_names_are_refused(name, tmp_path):
     with pytest.raises(ValueError, match="must be plain file names"):
         write_all_atomic(tmp_path, {name: b""})
