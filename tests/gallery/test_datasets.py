@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import io
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -197,3 +201,151 @@ def test_check_data_not_a_tensor(value):
     """Arrays and lists are refused by type name."""
     with pytest.raises(ValueError, match=r"must be a torch\.Tensor, got (ndarray|list)"):
         check_data(value, name="x")
+
+
+# --- read by content, not by name --------------------------------------------------------------
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _zip_bytes(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _huge_npy_header(shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + bytes(64)
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        pytest.param("t.npz", _npy_bytes(TABLE), id="npy-named-npz"),
+        pytest.param("t.npy", _npz_bytes(x=TABLE), id="npz-named-npy"),
+        pytest.param("t.csv", _npy_bytes(TABLE), id="npy-named-csv"),
+        pytest.param("t.npy", csv_text(TABLE).encode(), id="csv-named-npy"),
+    ],
+)
+def test_content_decides_the_format(name, content, tmp_path):
+    """A file whose suffix names another of the three formats is read by what it holds."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert torch.equal(datasets.load(str(path)).data, torch.from_numpy(TABLE))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.int8, np.uint16, np.bool_])
+def test_npy_dtypes_become_float64(dtype, tmp_path):
+    """Every numeric dtype, half precision included, arrives as float64 with the same values."""
+    path = tmp_path / "t.npy"
+    array = (TABLE > 0) if dtype is np.bool_ else np.round(np.abs(TABLE[:, :2]) % 100)
+    np.save(path, array.astype(dtype))
+    data = datasets.load(str(path)).data
+    assert data.dtype == torch.float64
+    assert torch.equal(data, torch.from_numpy(array.astype(dtype).astype(np.float64)))
+
+
+BAD_CONTENT = [
+    pytest.param("t.npz", _zip_bytes({"a.txt": b"1,2\n"}), r"a zip archive holding a\.txt, not \.npy arrays",
+                 id="zip-of-text"),
+    pytest.param("t.npz", _zip_bytes({"a.npy": b"1,2\n"}), r"its member 'a\.npy' is not a \.npy array",
+                 id="zip-member-not-npy"),
+    pytest.param("t.npy", gzip.compress(b"1,2\n"), r"t\.npy' as CSV text: it is gzip-compressed data",
+                 id="gzip"),
+    pytest.param("t.csv", b"1,2\n\xe9,3\n", r"binary or non-UTF-8 data \(byte 0xe9 at offset 4\)",
+                 id="latin-1"),
+    pytest.param("t.csv", b"\x80\x04K\x01.", r"it is a Python pickle", id="pickle"),
+    pytest.param("t.npy", _huge_npy_header((10**13,)), r"header claims shape \(10000000000000,\) of float64 "
+                 r"\(80,000,000,000,000 bytes\) but 64 bytes follow", id="npy-absurd-size"),
+    pytest.param("t.npy", _npy_bytes(TABLE)[:-8], r"\(72 bytes\) but 64 bytes follow it; the file is trunc",
+                 id="npy-truncated"),
+    pytest.param("t.npz", _zip_bytes({"x.npy": _huge_npy_header((10**7, 10**6))}), r"header claims shape",
+                 id="npz-member-absurd-size"),
+    pytest.param("t.npy", _npy_bytes(np.zeros((3, 2), dtype="V2")), r"holds \|V2 values.*bfloat16",
+                 id="npy-bfloat16-as-raw-bytes"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, content, message", BAD_CONTENT)
+def test_bad_content_is_one_line_naming_the_file(name, content, message, tmp_path):
+    """What a file actually holds, when it is none of the three formats, is named in one line."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as caught:
+        datasets.load(str(path))
+    assert "\n" not in str(caught.value) and repr(str(path)) in str(caught.value)
+
+
+def test_torch_file_is_named(tmp_path):
+    """A torch.save file under a data suffix is named as one."""
+    path = tmp_path / "t.npy"
+    torch.save(torch.eye(2), path)
+    with pytest.raises(ValueError, match=r"it is a PyTorch file \(torch\.save\)"):
+        datasets.load(str(path))
+
+
+# --- CSV: headers, missing values, spellings ---------------------------------------------------
+
+
+BAD_CSV = [
+    pytest.param("NA,NA,NA,NA\n1,2,3,4\n", r"line 1, column 1 is a missing value \('NA'\)",
+                 id="first-row-NA"),
+    pytest.param(",,\n1,2,3\n", r"line 1, column 1 is a missing value \(''\)", id="first-row-empty-cells"),
+    pytest.param("a,b\n1,2\n3,\n", r"line 3, column 2 is a missing value", id="trailing-comma"),
+    pytest.param("1,2\nnull,4\n", r"line 2, column 1 is a missing value \('null'\)", id="null"),
+    pytest.param("1_000,2\n", r"line 1, column 1: '1_000' is not a plain number", id="underscore"),
+    pytest.param("1,2\n3,-nan\n", r"line 2, column 2: '-nan' is not a plain number", id="signed-nan"),
+    pytest.param("1,2\n3,iNfInItY\n", r"line 2, column 2: 'iNfInItY' is not a plain number", id="odd-inf"),
+    pytest.param("1,2\n3,\u0661\u0662\n", r"line 2, column 2: '\u0661\u0662' is not a plain number",
+                 id="arabic-digits"),
+    pytest.param("1;2\n3;4\n", r"line 1, column 1: '1;2' is not a number; separate values with commas",
+                 id="semicolons"),
+    pytest.param("1,2\n3,4,5\n", r"line 2 has 3 values, line 1 has 2", id="ragged-line"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text, message", BAD_CSV)
+def test_bad_csv_names_line_and_column(text, message, tmp_path):
+    """Gaps and Python-only spellings are refused in one line naming where they are."""
+    path = tmp_path / "t.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message) as caught:
+        datasets.load(str(path))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("spelling", ["nan", "NaN", "inf", "-inf", "Infinity", "-Inf"])
+def test_csv_plain_non_finite_spellings_reach_the_finite_check(spelling, tmp_path):
+    """NaN and inf as numpy, R and pandas write them are read, then refused as non-finite."""
+    path = tmp_path / "t.csv"
+    path.write_text(f"1,2\n3,{spelling}\n")
+    with pytest.raises(ValueError, match=r"NaN or inf in 1 row\(s\) \(rows 1\)"):
+        datasets.load(str(path))
+
+
+def test_csv_plain_spellings_are_read(tmp_path):
+    """Signs, exponents, leading and trailing dots and spaces after commas are plain numbers."""
+    path = tmp_path / "t.csv"
+    path.write_text("x,y,z\n+1, -2.5,1e-3\n.5,5.,-1E+2\n")
+    assert datasets.load(str(path)).data.tolist() == [[1.0, -2.5, 1e-3], [0.5, 5.0, -100.0]]
+
+
+def test_csv_header_with_words_and_gaps_is_a_header(tmp_path):
+    """A first row with words in it (pandas writes an empty name for the index) is a header."""
+    path = tmp_path / "t.csv"
+    path.write_text(",a,b\n0,1,2\n1,3,4\n")
+    assert datasets.load(str(path)).data.tolist() == [[0.0, 1.0, 2.0], [1.0, 3.0, 4.0]]
