@@ -4,8 +4,8 @@
     q(z_1..N) = prod_n N(z_n; loc_n, L_n L_n^T)              covariance="full", L: (N, p, p)
     q(c_1..N) = prod_n Categorical(c_n; softmax(logits_n))  logits: (N, K)
 
-The per-datum tables live in Pyro's param store at their full size N (sites ``{name}.loc``,
-``{name}.scale``, ...) and are indexed by the plate's subsample, so minibatching updates only
+The per-datum tables live in Pyro's param store at their full size N (sites ``{name}_loc``,
+``{name}_scale``, ...) and are indexed by the plate's subsample, so minibatching updates only
 the rows of the batch. ``name=None`` gives each guide its own name on first use
 (``mean_field.0``, ``mean_field.1``, ...); a guide claims its name on every call
 (:func:`gallery.models.common.claim`), so a new guide never trains another's tables.
@@ -89,17 +89,17 @@ class MeanFieldNormal(_MeanField):
     def _sample(self, data: Tensor, ind: Tensor, prefix: str) -> None:
         shape = (self.num_data, self.latent_dim)
         loc = pyro.param(
-            f"{prefix}.loc",
+            f"{prefix}_loc",
             lambda: data.new_zeros(shape) if self.init_loc is None else fresh(self.init_loc),
         )
         if self.covariance == "full":
             scale_tril = pyro.param(
-                f"{prefix}.scale_tril", self._init_scale_tril(data), constraint=constraints.lower_cholesky
+                f"{prefix}_scale_tril", self._init_scale_tril(data), constraint=constraints.lower_cholesky
             )
             pyro.sample("z", full_covariance_normal(loc[ind], scale_tril[ind]))
             return
         scale = pyro.param(
-            f"{prefix}.scale",
+            f"{prefix}_scale",
             lambda: fresh(
                 torch.as_tensor(self.init_scale, dtype=data.dtype, device=data.device).expand(shape)
             ),
@@ -141,7 +141,7 @@ class MeanFieldCategorical(_MeanField):
     def _sample(self, data: Tensor, ind: Tensor, prefix: str) -> None:
         shape = (self.num_data, self.num_components)
         logits = pyro.param(
-            f"{prefix}.logits",
+            f"{prefix}_logits",
             lambda: data.new_zeros(shape) if self.init_logits is None else fresh(self.init_logits),
         )
         pyro.sample("c", dist.Categorical(logits=logits[ind]), infer={"enumerate": "parallel"})

@@ -1,7 +1,7 @@
 """Which guides fit which model, by the names the command line uses.
 
 Every guide :func:`make_guide` builds is named under its model (``ppca.guide``, with sites
-``ppca.guide.loc`` or ``ppca.guide$$$net.0.weight``), the same in every process, so that
+``ppca.guide_loc`` or ``ppca.guide$$$net.0.weight``), the same in every process, so that
 checkpoints, which store parameters by their param-store name, load again."""
 
 from __future__ import annotations

@@ -98,16 +98,20 @@ def gaussian_kl(loc_q: Tensor, scale_tril_q: Tensor, loc_p: Tensor, scale_tril_p
 # Parameter names ----------------------------------------------------------------------------
 #
 # Every pyro.param / pyro.module site is named under a prefix (``gmm.loc``, ``vae.decoder$$$...``,
-# ``ppca.guide.loc``), and the object the sites were created from (an ``init``, a guide, a
+# ``ppca.guide_loc``), and the object the sites were created from (an ``init``, a guide, a
 # decoder) claims its prefix: when another object claims it, the old sites are dropped, so an
 # explicit ``init=`` or a new guide always starts from its own values.
 
 _CLAIMS: dict[str, Callable[[], object]] = {}  # prefix -> weak reference to the sites' source
 
 
+SEPARATORS = (".", "$$$", "_")  # gmm.loc, vae.decoder$$$net.0.weight, mean_field.0_loc
+
+
 def _under(key: str, prefix: str) -> bool:
-    """Whether param-store ``key`` is a site under ``prefix`` (``prefix.x`` or ``prefix$$$x``)."""
-    return key.startswith(prefix + ".") or key.startswith(prefix + "$$$")
+    """Whether param-store ``key`` is a site under ``prefix`` (``prefix.x``, ``prefix$$$x`` or
+    ``prefix_x``, the mean-field guides' tables)."""
+    return any(key.startswith(prefix + separator) for separator in SEPARATORS)
 
 
 def drop(prefix: str) -> None:
