@@ -154,10 +154,12 @@ def check_same_estimator(args, loss_fn, named_params: dict[str, Tensor], plain: 
     torch.manual_seed(args.seed + 1)
     plain_loss = plain(data[subsample], data.shape[0])
     by_name = dict(plain.named_parameters())
-    pairs = {f"encoder.{k}": f"amortised_normal$$$net.{k}" for k in plain.encoder.state_dict()}
-    pairs |= {f"decoder.{k}": f"decoder$$$net.{k}" for k in plain.decoder.state_dict()}
+    decoder = "vae.decoder"  # the model's pyro.module name; the encoder's is given on first use
+    encoder = next(name.split("$$$")[0] for name in named_params if not name.startswith(f"{decoder}$$$"))
+    pairs = {f"encoder.{k}": f"{encoder}$$$net.{k}" for k in plain.encoder.state_dict()}
+    pairs |= {f"decoder.{k}": f"{decoder}$$$net.{k}" for k in plain.decoder.state_dict()}
     if plain.log_noise_variance is not None:
-        pairs["log_noise_variance"] = "decoder$$$log_noise_variance"
+        pairs["log_noise_variance"] = f"{decoder}$$$log_noise_variance"
     if set(pairs.values()) != set(named_params):
         raise RuntimeError(f"parameter names differ: {sorted(named_params)} vs {sorted(pairs.values())}")
     plain_grads = torch.autograd.grad(plain_loss, [by_name[k] for k in pairs])

@@ -3,7 +3,9 @@
     q(z_n | x_n) = N(f_mu(x_n), f_Sigma(x_n))        diagonal or full (Cholesky) covariance
     q(c_n | x_n) = Categorical(softmax(f_logits(x_n)))
 
-The network's weights are shared by all data points, so the number of variational parameters
+The network is registered with ``pyro.module`` under the guide's ``name`` (default: a fresh
+``amortised_normal.<i>`` on first use), claimed on every call, so a new guide never trains in
+another's place. The network's weights are shared by all data points, so the number of variational parameters
 does not grow with N, and a new x gets its q from one forward pass.
 
 The network reads x standardised by fixed ``input_loc`` and ``input_scale`` (d,), set from the
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 from torch.nn.functional import softplus
 
-from gallery.models.common import data_plate
+from gallery.models.common import claim, data_plate, free_name
 from gallery.models.networks import mlp
 
 COVARIANCES = ("diag", "full")
@@ -76,6 +78,15 @@ class _Amortised(nn.Module):
     """Checks the data against the network, registers it, and samples the site for the rows of
     the model's data plate from the encoded x."""
 
+    BASE_NAME = "amortised"
+
+    def _prefix(self) -> str:
+        """The name of this guide's sites, given on first use, and claimed."""
+        if self.name is None:
+            self.name = free_name(self.BASE_NAME)
+        claim(self.name, self)
+        return self.name
+
     def _set_input_scaling(self, obs_dim: int, input_loc: Tensor | None, input_scale: Tensor | None) -> None:
         loc = torch.zeros(obs_dim) if input_loc is None else torch.as_tensor(input_loc).detach().clone()
         scale = torch.ones(obs_dim) if input_scale is None else torch.as_tensor(input_scale).detach().clone()
@@ -110,7 +121,7 @@ class _Amortised(nn.Module):
                 f"{type(self).__name__} has {weight.dtype} weights on {weight.device} but the data is "
                 f"{data.dtype} on {data.device}; call guide.to(device=..., dtype=...) first"
             )
-        pyro.module(self.name, self)
+        pyro.module(self._prefix(), self)
         with data_plate(data.shape[0], subsample, subsample_size, data.device) as ind:
             self._sample(data[ind])
 
@@ -129,7 +140,10 @@ class AmortisedNormal(_Amortised):
         a lower-triangular scale_tril with a softplus diagonal).
     :param input_loc, input_scale: (d,) the network reads (x - input_loc) / input_scale; use the
         training data's mean and standard deviation (:func:`input_scaling`). Default 0 and 1.
+    :param name: the ``pyro.module`` name; default a fresh ``amortised_normal.<i>`` on first use.
     """
+
+    BASE_NAME = "amortised_normal"
 
     def __init__(
         self,
@@ -141,7 +155,7 @@ class AmortisedNormal(_Amortised):
         activation: type[nn.Module] = nn.Tanh,
         input_loc: Tensor | None = None,
         input_scale: Tensor | None = None,
-        name: str = "amortised_normal",
+        name: str | None = None,
     ):
         super().__init__()
         self._set_input_scaling(obs_dim, input_loc, input_scale)
@@ -181,7 +195,10 @@ class AmortisedCategorical(_Amortised):
     :param num_components: K.
     :param hidden: hidden layer sizes; ``()`` is multinomial logistic regression on x.
     :param input_loc, input_scale: (d,) as for :class:`AmortisedNormal`.
+    :param name: the ``pyro.module`` name; default a fresh ``amortised_categorical.<i>`` on first use.
     """
+
+    BASE_NAME = "amortised_categorical"
 
     def __init__(
         self,
@@ -192,7 +209,7 @@ class AmortisedCategorical(_Amortised):
         activation: type[nn.Module] = nn.Tanh,
         input_loc: Tensor | None = None,
         input_scale: Tensor | None = None,
-        name: str = "amortised_categorical",
+        name: str | None = None,
     ):
         super().__init__()
         self._set_input_scaling(obs_dim, input_loc, input_scale)

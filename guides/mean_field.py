@@ -4,8 +4,11 @@
     q(z_1..N) = prod_n N(z_n; loc_n, L_n L_n^T)              covariance="full", L: (N, p, p)
     q(c_1..N) = prod_n Categorical(c_n; softmax(logits_n))  logits: (N, K)
 
-The per-datum tables live in Pyro's param store at their full size N and are indexed by the
-plate's subsample, so minibatching updates only the rows of the batch.
+The per-datum tables live in Pyro's param store at their full size N (sites ``{name}_loc``,
+``{name}_scale``, ...) and are indexed by the plate's subsample, so minibatching updates only
+the rows of the batch. ``name=None`` gives each guide its own name on first use
+(``mean_field.0``, ``mean_field.1``, ...); a guide claims its name on every call
+(:func:`gallery.models.common.claim`), so a new guide never trains another's tables.
 """
 
 from __future__ import annotations
@@ -16,15 +19,22 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from gallery.models.common import data_plate, fresh
+from gallery.models.common import claim, data_plate, free_name, fresh
 from guides.amortised import full_covariance_normal
 
 
 class _MeanField:
     """Checks the data, opens the model's data plate, and samples the site for its rows."""
 
-    def __init__(self, num_data: int, name: str):
+    def __init__(self, num_data: int, name: str | None):
         self.num_data, self.name = num_data, name
+
+    def _prefix(self) -> str:
+        """The name of this guide's sites, given on first use, and claimed."""
+        if self.name is None:
+            self.name = free_name("mean_field")
+        claim(self.name, self)
+        return self.name
 
     def __call__(
         self,
@@ -38,10 +48,11 @@ class _MeanField:
             raise ValueError(f"{type(self).__name__} needs the data (N, D) it describes; pass data=")
         if data.shape[0] != self.num_data:
             raise ValueError(f"guide built for num_data={self.num_data}, data has {data.shape[0]} rows")
+        prefix = self._prefix()
         with data_plate(self.num_data, subsample, subsample_size, data.device) as ind:
-            self._sample(data, ind)
+            self._sample(data, ind, prefix)
 
-    def _sample(self, data: Tensor, ind: Tensor) -> None:
+    def _sample(self, data: Tensor, ind: Tensor, prefix: str) -> None:
         raise NotImplementedError
 
 
@@ -56,6 +67,7 @@ class MeanFieldNormal(_MeanField):
     :param init_scale: (N, p) starting standard deviations, or one number; default 1. With
         ``covariance="full"``: (N, p, p) lower-triangular factors L_n, or one number times I.
     :param covariance: ``"diag"`` or ``"full"``.
+    :param name: the prefix of its sites; default a fresh ``mean_field.<i>`` on first use.
     """
 
     def __init__(
@@ -66,7 +78,7 @@ class MeanFieldNormal(_MeanField):
         init_loc: Tensor | None = None,
         init_scale: Tensor | float = 1.0,
         covariance: str = "diag",
-        name: str = "mean_field",
+        name: str | None = None,
     ):
         super().__init__(num_data, name)
         if covariance not in ("diag", "full"):
@@ -74,20 +86,20 @@ class MeanFieldNormal(_MeanField):
         self.latent_dim, self.init_loc, self.init_scale = latent_dim, init_loc, init_scale
         self.covariance = covariance
 
-    def _sample(self, data: Tensor, ind: Tensor) -> None:
+    def _sample(self, data: Tensor, ind: Tensor, prefix: str) -> None:
         shape = (self.num_data, self.latent_dim)
         loc = pyro.param(
-            f"{self.name}_loc",
+            f"{prefix}_loc",
             lambda: data.new_zeros(shape) if self.init_loc is None else fresh(self.init_loc),
         )
         if self.covariance == "full":
             scale_tril = pyro.param(
-                f"{self.name}_scale_tril", self._init_scale_tril(data), constraint=constraints.lower_cholesky
+                f"{prefix}_scale_tril", self._init_scale_tril(data), constraint=constraints.lower_cholesky
             )
             pyro.sample("z", full_covariance_normal(loc[ind], scale_tril[ind]))
             return
         scale = pyro.param(
-            f"{self.name}_scale",
+            f"{prefix}_scale",
             lambda: fresh(
                 torch.as_tensor(self.init_scale, dtype=data.dtype, device=data.device).expand(shape)
             ),
@@ -112,6 +124,7 @@ class MeanFieldCategorical(_MeanField):
     :param num_data: N, the number of rows of the data this guide will see.
     :param num_components: K.
     :param init_logits: (N, K) starting logits; default 0 (uniform q).
+    :param name: the prefix of its sites; default a fresh ``mean_field.<i>`` on first use.
     """
 
     def __init__(
@@ -120,15 +133,15 @@ class MeanFieldCategorical(_MeanField):
         num_components: int,
         *,
         init_logits: Tensor | None = None,
-        name: str = "mean_field",
+        name: str | None = None,
     ):
         super().__init__(num_data, name)
         self.num_components, self.init_logits = num_components, init_logits
 
-    def _sample(self, data: Tensor, ind: Tensor) -> None:
+    def _sample(self, data: Tensor, ind: Tensor, prefix: str) -> None:
         shape = (self.num_data, self.num_components)
         logits = pyro.param(
-            f"{self.name}_logits",
+            f"{prefix}_logits",
             lambda: data.new_zeros(shape) if self.init_logits is None else fresh(self.init_logits),
         )
         pyro.sample("c", dist.Categorical(logits=logits[ind]), infer={"enumerate": "parallel"})

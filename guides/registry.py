@@ -1,4 +1,8 @@
-"""Which guides fit which model, by the names the command line uses."""
+"""Which guides fit which model, by the names the command line uses.
+
+Every guide :func:`make_guide` builds is named under its model (``ppca.guide``, with sites
+``ppca.guide_loc`` or ``ppca.guide$$$net.0.weight``), the same in every process, so that
+checkpoints, which store parameters by their param-store name, load again."""
 
 from __future__ import annotations
 
@@ -11,25 +15,18 @@ import torch
 from pyro import poutine
 
 import guides
-from gallery.models import factor_analysis, gmm, linear_gaussian, ppca
-from inference import em
+from gallery.models import EM_MODELS
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    module: ModuleType  # has model, init_params, current_params, log_likelihood
-    exact_guide: Callable
-    latent: str  # "c" (discrete, one of K) or "z" (continuous, latent_dim)
-    fit_em: Callable  # (data, init, **run_em kwargs) -> EMResult
+def check_guide(model_name: str, guide_name: str) -> None:
+    """Raise ``ValueError`` unless ``guide_name`` is a guide that fits ``model_name``."""
+    if model_name not in EM_MODELS:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(EM_MODELS)}")
+    if guide_name not in GUIDES:
+        raise ValueError(f"unknown guide {guide_name!r}; choose one of {', '.join(GUIDES)}")
+    if guide_name == "amortised-full" and EM_MODELS[model_name].LATENT == "c":
+        raise ValueError("guide 'amortised-full' is for continuous z; for gmm use 'amortised'")
 
-
-MODELS = {
-    "gmm": ModelSpec(gmm, guides.gmm_posterior, "c", em.em_gmm),
-    "factor-analysis": ModelSpec(
-        factor_analysis, guides.factor_analysis_posterior, "z", em.em_linear_gaussian
-    ),
-    "ppca": ModelSpec(ppca, guides.ppca_posterior, "z", em.em_linear_gaussian),
-}
 
 GUIDES = {
     "exact": "the exact posterior p(latent | x) under the current parameters: ELBO = log p(x)",
@@ -38,16 +35,6 @@ GUIDES = {
     "amortised-full": "a density network q(z|x) with full (Cholesky) covariance (z models only)",
     "auto-normal": "Pyro's AutoNormal (for the mixture, c is summed out in the model)",
 }
-
-
-def check_guide(model_name: str, guide_name: str) -> None:
-    """Raise ``ValueError`` unless ``guide_name`` is a guide that fits ``model_name``."""
-    if model_name not in MODELS:
-        raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(MODELS)}")
-    if guide_name not in GUIDES:
-        raise ValueError(f"unknown guide {guide_name!r}; choose one of {', '.join(GUIDES)}")
-    if guide_name == "amortised-full" and MODELS[model_name].latent == "c":
-        raise ValueError("guide 'amortised-full' is for continuous z; for gmm use 'amortised'")
 
 
 def make_guide(
@@ -63,37 +50,72 @@ def make_guide(
 ) -> Callable:
     """Build guide ``guide_name`` for ``model_name`` on ``data`` (N, D) with the model starting at
     ``init``; ``size`` is K (mixture) or p (z models). An amortised guide reads x standardised
-    by ``scaling`` (default: :func:`guides.input_scaling` of ``data``)."""
+    by ``scaling`` (default: :func:`guides.input_scaling` of ``data``). The guide is named
+    ``f"{module.PREFIX}.guide"``."""
     check_guide(model_name, guide_name)
-    spec = MODELS[model_name]
-    discrete = spec.latent == "c"
+    module = EM_MODELS[model_name]
+    name = f"{module.PREFIX}.guide"
+    discrete = module.LATENT == "c"
     if guide_name == "exact":
-        return spec.exact_guide
+        return module.posterior_guide
     if guide_name == "mean-field":
-        return mean_field_at_e_step(spec, data, init)
+        return mean_field_at_e_step(module, data, init, name=name)
     if guide_name == "auto-normal":
-        model = functools.partial(spec.module.model, **model_kwargs)
-        return guides.auto_normal(poutine.block(model, hide=["c"]) if discrete else model)
+        model = functools.partial(module.model, **model_kwargs)
+        return guides.auto_normal(poutine.block(model, hide=["c"]) if discrete else model, name=name)
     obs_dim = data.shape[1]
     scaling = guides.input_scaling(data) if scaling is None else scaling
     if discrete:
-        net = guides.AmortisedCategorical(obs_dim, size, hidden=hidden, **scaling)
+        net = guides.AmortisedCategorical(obs_dim, size, hidden=hidden, name=name, **scaling)
     else:
         covariance = "full" if guide_name == "amortised-full" else "diag"
-        net = guides.AmortisedNormal(obs_dim, size, hidden=hidden, covariance=covariance, **scaling)
+        net = guides.AmortisedNormal(
+            obs_dim, size, hidden=hidden, covariance=covariance, name=name, **scaling
+        )
     return net.to(device=data.device, dtype=data.dtype)
 
 
-def mean_field_at_e_step(spec: ModelSpec, data: torch.Tensor, init) -> Callable:
-    """A mean-field guide starting where EM's first E-step starts: at the best factorised q for
-    the initial parameters. For the mixture that is the responsibilities; for z the posterior
-    means with variances 1 / Lambda_ii (Bishop 2006, sec. 10.1.2), Lambda the posterior
-    precision. A uniform start instead lets all components drift to the data mean first."""
-    num_data = data.shape[0]
-    if spec.latent == "c":
-        logits = gmm.log_responsibilities(data, init.to(data.dtype))
-        return guides.MeanFieldCategorical(num_data, init.num_components, init_logits=logits)
-    init = init.to(data.dtype)
-    loc, _ = linear_gaussian.posterior(data, init)
-    scale = linear_gaussian.posterior_precision(init).diagonal().rsqrt().expand_as(loc)
-    return guides.MeanFieldNormal(num_data, init.latent_dim, init_loc=loc, init_scale=scale)
+def mean_field_at_e_step(
+    module: ModuleType, data: torch.Tensor, init, *, name: str | None = None
+) -> Callable:
+    """A mean-field guide starting where EM's first E-step starts: at the model's best
+    factorised q for the initial parameters (``module.mean_field_posterior``): for the mixture
+    the log responsibilities, for z the posterior means with variances 1 / Lambda_ii. A uniform
+    start instead lets all components drift to the data mean first."""
+    module = getattr(module, "module", module)  # a ModelSpec, as before
+    num_data, init = data.shape[0], init.to(data.dtype)
+    if module.LATENT == "c":
+        logits = module.mean_field_posterior(data, init)  # (N, K), used as is: no exp/log round trip
+        return guides.MeanFieldCategorical(num_data, init.num_components, init_logits=logits, name=name)
+    loc, scale = module.mean_field_posterior(data, init)  # (N, p), (p,)
+    return guides.MeanFieldNormal(
+        num_data, init.latent_dim, init_loc=loc, init_scale=scale.expand_as(loc), name=name
+    )
+
+
+# Compatibility ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The old per-model record, for callers not yet on :data:`gallery.models.MODELS`."""
+
+    module: ModuleType
+
+    @property
+    def latent(self) -> str:
+        return self.module.LATENT
+
+    @property
+    def exact_guide(self) -> Callable:
+        return self.module.posterior_guide
+
+    @property
+    def fit_em(self) -> Callable:
+        """``inference.fit_em``: looked up when asked for, as guides sit below inference."""
+        from inference.em import fit_em  # noqa: PLC0415 (compatibility only; guides never need it)
+
+        return fit_em
+
+
+MODELS = {name: ModelSpec(module) for name, module in EM_MODELS.items()}  # use gallery.models.MODELS

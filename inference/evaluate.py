@@ -1,10 +1,11 @@
-"""Evaluation: exact log p(x), the ELBO with K particles, Gaussian KL in closed form, and the
-decomposition log p(x) = ELBO + KL(q || p(z | x)) term by term where the posterior is exact.
+"""Evaluation: exact log p(x), the ELBO with K particles, and the decomposition
+log p(x) = ELBO + KL(q || p(z | x)) term by term where the posterior is exact. Generic: the
+model's maths is its module's (``log_likelihood``, ``bound_terms``, ``decomposition_terms``),
+found from the parameters by :func:`gallery.models.owner`; this module reads the guide's q.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,24 +16,25 @@ from torch import Tensor
 
 from gallery.data.checks import check_data
 from gallery.data.mapped import MappedRows, blocks, mean_over_rows
-from gallery.models import gmm, linear_gaussian
-from gallery.models.gmm import GMMParams
-from gallery.models.linear_gaussian import LinearGaussianParams
+from gallery.models import owner
+from gallery.models.common import gaussian_kl
+from gallery.models.linear_gaussian import LinearGaussianParams, expected_log_likelihood
+from gallery.models.linear_gaussian import elbo as linear_gaussian_elbo
 from guides.amortised import CholeskyAffine
 from inference.svi import make_elbo, uses_enumeration
 
 
-def log_likelihood(data: Tensor, params: GMMParams | LinearGaussianParams) -> Tensor:
-    """(N,) exact log p(x_n) under a mixture, factor analysis or PPCA."""
+def log_likelihood(data: Tensor, params) -> Tensor:
+    """(N,) exact log p(x_n) under the model that owns ``params`` (mixture, factor analysis, PPCA)."""
     check_data(data)
-    if isinstance(params, GMMParams):
-        return gmm.log_likelihood(data, params)
-    if isinstance(params, LinearGaussianParams):
-        return linear_gaussian.log_likelihood(data, params)
-    raise ValueError(f"no exact log-likelihood for parameters of type {type(params).__name__}")
+    try:
+        module = owner(params)
+    except ValueError:
+        raise ValueError(f"no exact log-likelihood for parameters of type {type(params).__name__}") from None
+    return module.log_likelihood(data, params)
 
 
-def mean_log_likelihood(data: Tensor | MappedRows, params: GMMParams | LinearGaussianParams) -> Tensor:
+def mean_log_likelihood(data: Tensor | MappedRows, params) -> Tensor:
     """1/N sum_n log p(x_n), a block of rows at a time (for data on disk too)."""
     return mean_over_rows(data, lambda block: log_likelihood(block, params))
 
@@ -82,25 +84,6 @@ def _elbo_of_rows(enumerated, model, guide, data, num_particles, chunk_size, sub
     return total / num_particles
 
 
-def gaussian_kl(loc_q: Tensor, scale_tril_q: Tensor, loc_p: Tensor, scale_tril_p: Tensor) -> Tensor:
-    """KL(N(loc_q, S_q) || N(loc_p, S_p)) for batches of k-dim Gaussians (the lecture formula):
-
-        1/2 [ tr(S_p^{-1} S_q) + (mu_p - mu_q)^T S_p^{-1} (mu_p - mu_q) - k + ln(|S_p| / |S_q|) ]
-
-    computed from Cholesky factors by triangular solves. Shapes (..., k) and (..., k, k)."""
-    k = loc_q.shape[-1]
-    batch = torch.broadcast_shapes(
-        loc_q.shape[:-1], loc_p.shape[:-1], scale_tril_q.shape[:-2], scale_tril_p.shape[:-2]
-    )
-    lp, lq = scale_tril_p.expand(*batch, k, k), scale_tril_q.expand(*batch, k, k)
-    diff = (loc_p - loc_q).expand(*batch, k).unsqueeze(-1)  # (..., k, 1)
-    trace = torch.linalg.solve_triangular(lp, lq, upper=False).pow(2).sum((-2, -1))
-    maha = torch.linalg.solve_triangular(lp, diff, upper=False).pow(2).sum((-2, -1))
-    log_det_p = 2 * scale_tril_p.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    log_det_q = 2 * scale_tril_q.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    return 0.5 * (trace + maha - k + log_det_p - log_det_q)
-
-
 @dataclass(frozen=True)
 class BoundDecomposition:
     """Per-datum terms of log p(x_n) = ELBO_n + KL(q(.|x_n) || p(.|x_n)), each (N,)."""
@@ -129,37 +112,33 @@ def guide_distribution(guide: Callable, data: Tensor, site: str, **model_kwargs)
 
 
 @torch.no_grad()
-def decompose(
-    guide: Callable, data: Tensor, params: GMMParams | LinearGaussianParams, **model_kwargs
-) -> BoundDecomposition:
+def decompose(guide: Callable, data: Tensor, params, **model_kwargs) -> BoundDecomposition:
     """Term-by-term decomposition under fixed model ``params`` and the guide's current q.
 
     Linear-Gaussian models with Gaussian q(z_n) = N(m, S) (any of our guides but AutoDelta):
     the ELBO in closed form, E_q[log N(x; W z + mu, Psi)] + E_q[log N(z; 0, I)] + H[q], and the
     KL to the exact posterior by :func:`gaussian_kl`. Mixtures with q(c_n) = r_n: the ELBO
     sum_k r_nk [log w_k + log N(x_n; mu_k, Sigma_k) - log r_nk] and KL(r_n || p(c_n | x_n));
-    a guide without a site ``c`` leaves c to the model's enumeration, which is exact.
+    a guide without a site ``c`` leaves c to the model's enumeration, which is exact. The
+    terms are the model's ``bound_terms``.
     """
     check_data(data)
-    if isinstance(params, GMMParams):
-        joint = gmm.joint_log_prob(data, params)  # (N, K)
-        log_post = joint - joint.logsumexp(-1, keepdim=True)
-        if "c" in poutine.trace(guide).get_trace(data, **model_kwargs).nodes:
-            q = guide_distribution(guide, data, "c", **model_kwargs)
-            log_q = q.logits - q.logits.logsumexp(-1, keepdim=True)  # (N, K)
-        else:  # c is left to the model, which sums it out exactly: q(c) is the posterior
-            log_q = log_post
-        elbo_n = (log_q.exp() * (joint - log_q)).sum(-1)
-        kl = (log_q.exp() * (log_q - log_post)).sum(-1)
-        return BoundDecomposition(joint.logsumexp(-1), elbo_n, kl)
-    loc_q, scale_tril_q = _gaussian_parts(guide_distribution(guide, data, "z", **model_kwargs))
-    loc_post, scale_tril_post = linear_gaussian.posterior(data, params)
-    kl = gaussian_kl(loc_q, scale_tril_q, loc_post, scale_tril_post)
+    module = owner(params)
     return BoundDecomposition(
-        linear_gaussian.log_likelihood(data, params),
-        linear_gaussian_elbo(data, params, loc_q, scale_tril_q),
-        kl,
+        *module.bound_terms(data, params, _guide_q(guide, data, module.LATENT, model_kwargs))
     )
+
+
+def _guide_q(guide: Callable, data: Tensor, site: str, model_kwargs: dict):
+    """The guide's q on ``site`` as the model's ``bound_terms`` takes it: normalised logits
+    (N, K) for a discrete ``"c"`` (``None`` when the guide leaves c to the model's
+    enumeration), ``(loc (N, p), scale_tril (N, p, p))`` for a Gaussian ``"z"``."""
+    if site == "c":
+        if site not in poutine.trace(guide).get_trace(data, **model_kwargs).nodes:
+            return None
+        q = guide_distribution(guide, data, site, **model_kwargs)
+        return q.logits - q.logits.logsumexp(-1, keepdim=True)  # (N, K)
+    return _gaussian_parts(guide_distribution(guide, data, site, **model_kwargs))
 
 
 @dataclass(frozen=True)
@@ -189,12 +168,12 @@ def decomposition_terms(
     data, params = data.double(), params.to(torch.float64)
     loc, scale_tril = _gaussian_parts(guide_distribution(guide, data, "z", **model_kwargs))
     loc, scale_tril = loc.double(), scale_tril.double()  # (N, p), (N, p, p)
-    latent_dim = params.latent_dim
-    reconstruction = expected_log_likelihood(data, params, loc, scale_tril @ scale_tril.transpose(-1, -2))
-    eye = torch.eye(latent_dim, dtype=data.dtype, device=data.device)
-    encoding = gaussian_kl(loc, scale_tril, torch.zeros_like(loc), eye)
-    error = gaussian_kl(loc, scale_tril, *linear_gaussian.posterior(data, params))
-    log_likelihood = linear_gaussian.log_likelihood(data, params)
+    module = owner(params)
+    if not hasattr(module, "decomposition_terms"):
+        raise ValueError(f"no reconstruction/encoding terms for the {module.NAME} model")
+    log_likelihood, reconstruction, encoding, error = module.decomposition_terms(
+        data, params, loc, scale_tril
+    )
     mismatch = float((reconstruction - encoding + error - log_likelihood).abs().max())
     if not mismatch <= 1e-8:
         raise RuntimeError(
@@ -216,43 +195,12 @@ def _gaussian_parts(q: dist.Distribution) -> tuple[Tensor, Tensor]:
     raise ValueError(f"q(z|x) must be Gaussian for the decomposition, got {type(q).__name__}")
 
 
-def expected_log_likelihood(data: Tensor, params: LinearGaussianParams, loc: Tensor, cov: Tensor) -> Tensor:
-    """(N,) E_q[log N(x_n; W z + mu, Psi)] for q(z_n) = N(loc_n, cov_n), loc (N, p), cov (N, p, p):
-
-    -1/2 [d log 2 pi + log|Psi| + r^T Psi^{-1} r + tr(W^T Psi^{-1} W cov)],  r = x - mu - W loc
-    """
-    obs_dim = params.loading.shape[0]
-    resid = data - params.loc - loc @ params.loading.T  # (N, d)
-    weighted = params.loading.T / params.psi @ params.loading  # (p, p) W^T Psi^{-1} W
-    return -0.5 * (
-        obs_dim * math.log(2 * math.pi)
-        + params.psi.log().sum()
-        + (resid.pow(2) / params.psi).sum(-1)
-        + (weighted * cov).sum((-2, -1))
-    )
-
-
-def linear_gaussian_elbo(
-    data: Tensor, params: LinearGaussianParams, loc: Tensor, scale_tril: Tensor
-) -> Tensor:
-    """(N,) E_q[log p(x_n, z_n) - log q(z_n)] in closed form for q = N(loc_n, L_n L_n^T)."""
-    latent_dim = params.latent_dim
-    cov = scale_tril @ scale_tril.transpose(-1, -2)  # (N, p, p)
-    expected_lik = expected_log_likelihood(data, params, loc, cov)
-    expected_prior = -0.5 * (
-        latent_dim * math.log(2 * math.pi) + loc.pow(2).sum(-1) + cov.diagonal(dim1=-2, dim2=-1).sum(-1)
-    )
-    entropy = 0.5 * latent_dim * (1 + math.log(2 * math.pi)) + scale_tril.diagonal(
-        dim1=-2, dim2=-1
-    ).log().sum(-1)
-    return expected_lik + expected_prior + entropy
-
-
 __all__ = [
     "BoundDecomposition",
     "DecompositionTerms",
     "decompose",
     "decomposition_terms",
+    "expected_log_likelihood",
     "linear_gaussian_elbo",
     "elbo",
     "gaussian_kl",

@@ -14,18 +14,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pyro
 import torch
 from pyro import poutine
 from torch import Tensor
 
 from gallery.data.checks import check_data
+from gallery.models.common import drop
 from guides.amortised import AmortisedNormal
 from guides.mean_field import MeanFieldNormal
 from inference.importance import ImportanceEstimate, importance_estimate
 from inference.svi import fit_svi
 
-LOCAL_NAME = "best_local_q"  # param-store prefix of q*, removed again afterwards
+LOCAL_NAME = "best_local_q"  # param-store prefix of q* (claimed by each new q*), dropped afterwards
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,10 @@ def best_local_estimate(
     **model_kwargs,
 ) -> ImportanceEstimate:
     """Fit the best per-datapoint q* (:func:`best_local_guide`) to ``data`` with the model's
-    parameters fixed, and return the importance-weighted log p(x_n) and ELBO_n under q*. The
-    tables of q* are removed from the param store afterwards."""
+    parameters fixed, and return the importance-weighted log p(x_n) and ELBO_n under q*. q*'s
+    tables, ``best_local_q.*``, start from its own values (a new q* claims the name) and are
+    removed from the param store afterwards."""
     check_data(data)
-    store = pyro.get_param_store()
-    if any(name.startswith(LOCAL_NAME) for name in store.keys()):
-        raise ValueError(f"the param store already holds {LOCAL_NAME}_* parameters; clear them first")
     fixed_model = poutine.block(model, hide_types=["param"])  # the model's parameters stay as they are
     local = best_local_guide(encoder, data, latent_dim)
     try:
@@ -106,8 +104,7 @@ def best_local_estimate(
         )
         return importance_estimate(fixed_model, local, data, num_samples=num_samples, **model_kwargs)
     finally:
-        for name in [name for name in store.keys() if name.startswith(LOCAL_NAME)]:
-            del store[name]
+        drop(LOCAL_NAME)
 
 
 def inference_gaps(

@@ -32,7 +32,10 @@ closed form in unconstrained parameters given q's fixed statistics, not EM's clo
   F = sum_nk r_nk [log w_k + log N(x_n; loc_k, Sigma_k)] + H[r];
 - linear-Gaussian, q(z_n) = N(m_n, L L^T), m: (N, p), L: (p, p), parameters (loc, loading,
   log noise_variance): F = sum_n E_q[log N(x_n; W z_n + loc, Psi) + log N(z_n; 0, I)] + H[q]
-  (:func:`inference.evaluate.linear_gaussian_elbo`).
+  (:func:`gallery.models.linear_gaussian.elbo`).
+
+Each model module has these pieces (``vem_e_step``, ``free_energy``, ``vem_objective``,
+:mod:`gallery.models.protocol`); this module has the loop and the maximiser.
 
 The mixture's covariance floor. EM's M-step (scikit-learn's) sets Sigma_k to the weighted
 covariance S_k plus ``reg_covar * I``. Adding reg_covar I to Sigma inside F would not do that
@@ -56,10 +59,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from gallery.data.checks import check_data, clock
-from gallery.models import gmm, linear_gaussian
-from gallery.models.gmm import GMMParams
-from gallery.models.linear_gaussian import LinearGaussianParams
-from inference.evaluate import linear_gaussian_elbo, log_likelihood
+from gallery.models import owner
+from inference.evaluate import log_likelihood
 
 FAMILIES = ("exact", "mean-field")
 Q = Any  # responsibilities (N, K), or (loc (N, p), scale_tril (p, p)) of q(z_n)
@@ -67,7 +68,7 @@ Q = Any  # responsibilities (N, K), or (loc (N, p), scale_tril (p, p)) of q(z_n)
 
 @dataclass(frozen=True)
 class VEMResult:
-    params: Any  # GMMParams or LinearGaussianParams, the last iterate
+    params: Any  # the model's Params, the last iterate
     log_likelihoods: Tensor  # (num_iters + 1,) mean log p(x) of the start and of every iterate
     elbos: Tensor  # (2 num_iters + 1,) mean F after E-step 0, M-step 1, E-step 1, M-step 2, ...
     converged: bool
@@ -75,51 +76,31 @@ class VEMResult:
     seconds: float
 
 
-def free_energy(data: Tensor, q: Q, params: GMMParams | LinearGaussianParams) -> Tensor:
-    """(N,) F_n(q, lambda) = E_q[log p(x_n, z_n) - log q(z_n)] in closed form."""
-    if isinstance(params, GMMParams):
-        return (q * gmm.joint_log_prob(data, params)).sum(-1) - torch.special.xlogy(q, q).sum(-1)
-    loc, scale_tril = q
-    return linear_gaussian_elbo(data, params, loc, scale_tril)
+def free_energy(data: Tensor, q: Q, params: Any) -> Tensor:
+    """(N,) F_n(q, lambda) = E_q[log p(x_n, z_n) - log q(z_n)] in closed form (the model's own)."""
+    return owner(params).free_energy(data, q, params)
 
 
-def vem_e_step(data: Tensor, params: GMMParams | LinearGaussianParams, family: str = "exact") -> Q:
+def vem_e_step(data: Tensor, params: Any, family: str = "exact") -> Q:
     """argmax_q F(q, params) within ``family``: responsibilities (N, K) for the mixture (both
     families); for z the posterior loc (N, p) with the posterior's scale_tril (p, p)
     (``"exact"``) or diag(Lambda_ii^{-1/2}) (``"mean-field"``)."""
     _check_family(family)
-    if isinstance(params, GMMParams):
-        return gmm.log_responsibilities(data, params).exp()
-    loc, scale_tril = linear_gaussian.posterior(data, params)
-    if family == "mean-field":
-        scale_tril = torch.diag(linear_gaussian.posterior_precision(params).diagonal().rsqrt())
-    return loc, scale_tril
+    return owner(params).vem_e_step(data, params, family)
 
 
-def vem_m_step(
-    data: Tensor,
-    q: Q,
-    params: GMMParams | LinearGaussianParams,
-    *,
-    reg_covar: float = 1e-6,
-    tol: float = 1e-10,
-) -> GMMParams | LinearGaussianParams:
+def vem_m_step(data: Tensor, q: Q, params: Any, *, reg_covar: float = 1e-6, tol: float = 1e-10) -> Any:
     """argmax_lambda F(q, lambda) (for the mixture less the ``reg_covar`` smear, see the module
     docstring) from ``params`` until every gradient entry of the per-datum objective, in the
     unconstrained parameters, is below ``tol``; warns if it is not. ``q`` as :func:`vem_e_step`
     returns it. Never returns a lower objective than at ``params``."""
-    if isinstance(params, GMMParams):
-        unpack = _gmm_unpack(params.covariance_type)
-        objective = _gmm_objective(data, q, unpack, reg_covar)
-        return unpack(*_maximise(objective, _gmm_pack(params), tol))
-    unpack = lambda loc, loading, log_noise: LinearGaussianParams(loc, loading, log_noise.exp())  # noqa: E731
-    objective = lambda *raw: free_energy(data, q, unpack(*raw)).mean()  # noqa: E731
-    return unpack(*_maximise(objective, (params.loc, params.loading, params.noise_variance.log()), tol))
+    objective, start, unpack = owner(params).vem_objective(data, q, params, reg_covar=reg_covar)
+    return unpack(*_maximise(objective, start, tol))
 
 
 def run_vem(
     data: Tensor,
-    init: GMMParams | LinearGaussianParams,
+    init: Any,
     *,
     family: str = "exact",
     max_iters: int = 100,
@@ -231,79 +212,19 @@ def _value_and_gradient(f: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tenso
     return value.detach(), torch.autograd.grad(value, x)[0]
 
 
-def _gmm_objective(
-    data: Tensor, resp: Tensor, unpack: Callable[..., GMMParams], reg_covar: float
-) -> Callable[..., Tensor]:
-    """F(r, lambda) - H[r] less the smear, per datum, from r's fixed statistics n_k = sum_n r_nk,
-    xbar_k = sum_n r_nk x_n / n_k and S_k = sum_n r_nk (x_n - xbar_k)(x_n - xbar_k)^T (K, D, D):
-
-        sum_n r_nk log N(x_n; mu_k, Sigma_k)
-            = -1/2 [n_k (D log 2 pi + log|Sigma_k|) + tr(Sigma_k^{-1} C_k)],
-        C_k = S_k + n_k (xbar_k - mu_k)(xbar_k - mu_k)^T,
-
-    and the smear adds n_k reg_covar I to C_k. Scatter about xbar_k, not raw moments, so that
-    F has no cancellation and the line search can resolve it near the optimum."""
-    num_data, obs_dim = data.shape
-    nk = resp.sum(0)  # (K,)
-    mean = resp.T @ data / (nk + 10 * torch.finfo(data.dtype).eps)[:, None]  # (K, D); EM's guard
-    centred = data[:, None, :] - mean  # (N, K, D)
-    eye = torch.eye(obs_dim, dtype=data.dtype, device=data.device)
-    scatter = torch.einsum("nk,nkd,nke->kde", resp, centred, centred) + reg_covar * nk[:, None, None] * eye
-
-    def objective(*raw: Tensor) -> Tensor:
-        params = unpack(*raw)
-        shift = mean - params.loc  # (K, D)
-        if params.scale_tril is not None:
-            prec_tril = torch.linalg.solve_triangular(params.scale_tril, eye, upper=False)  # L^{-1}
-            maha = ((prec_tril @ scatter) * prec_tril).sum((-2, -1))  # (K,) tr(Sigma^{-1} S)
-            maha = maha + nk * (prec_tril @ shift[:, :, None]).pow(2).sum((-2, -1))
-        else:
-            variance = params.scale.pow(2)
-            maha = ((scatter.diagonal(dim1=-2, dim2=-1) + nk[:, None] * shift.pow(2)) / variance).sum(-1)
-        log_norm = gmm.log_normalizer(params)  # (K,)
-        return (nk * (params.weights.log() + log_norm) - 0.5 * maha).sum() / num_data
-
-    return objective
-
-
-def _gmm_pack(params: GMMParams) -> tuple[Tensor, ...]:
-    """(logits (K - 1,) of the weights against the last, loc (K, D), and the lower triangle of
-    scale_tril with log diagonal (K, D (D + 1) / 2), or log scale (K, D) for ``"diag"``)."""
-    logits = params.weights[:-1].log() - params.weights[-1].log()
-    if params.scale_tril is None:
-        return logits, params.loc, params.scale.log()
-    obs_dim = params.loc.shape[-1]
-    raw = params.scale_tril.tril(-1) + torch.diag_embed(params.scale_tril.diagonal(dim1=-2, dim2=-1).log())
-    rows, cols = torch.tril_indices(obs_dim, obs_dim, device=raw.device)
-    return logits, params.loc, raw[:, rows, cols]
-
-
-def _gmm_unpack(covariance_type: str) -> Callable[..., GMMParams]:
-    def unpack(logits: Tensor, loc: Tensor, raw_scale: Tensor) -> GMMParams:
-        weights = torch.cat([logits, logits.new_zeros(1)]).softmax(-1)
-        if covariance_type == "diag":
-            return GMMParams(weights, loc, scale=raw_scale.exp())
-        num_components, obs_dim = loc.shape
-        rows, cols = torch.tril_indices(obs_dim, obs_dim, device=loc.device)
-        raw = loc.new_zeros(num_components, obs_dim, obs_dim)
-        raw[:, rows, cols] = raw_scale
-        diag = torch.diag_embed(raw.diagonal(dim1=-2, dim2=-1).exp())
-        return GMMParams(weights, loc, scale_tril=raw.tril(-1) + diag)
-
-    return unpack
-
-
 def _check_family(family: str) -> None:
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not one of {', '.join(FAMILIES)}")
 
 
 def _check_init(data: Tensor, init: Any) -> None:
-    if not isinstance(init, GMMParams | LinearGaussianParams):
+    try:
+        owner(init)
+    except ValueError:
         raise ValueError(
             f"init must be GMMParams or LinearGaussianParams, got {type(init).__name__}; "
             "build it with gallery.models.gmm.init_params or gallery.models.linear_gaussian.init_params"
-        )
+        ) from None
     if init.loc.shape[-1] != data.shape[1]:
         raise ValueError(
             f"init is for {init.loc.shape[-1]}-dimensional data but data has {data.shape[1]} columns; "

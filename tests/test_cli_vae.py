@@ -44,7 +44,7 @@ def test_run_vae_writes_metrics_params_and_figures(tmp_path, capsys):
     for name in FIGURES:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     params = torch.load(out / "params.pt", weights_only=True)
-    assert "decoder$$$log_noise_variance" in params and "decoder.net.0.weight" in params
+    assert "vae.decoder$$$log_noise_variance" in params and "decoder.net.0.weight" in params
     assert "held out" in capsys.readouterr().out
 
 

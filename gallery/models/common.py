@@ -1,6 +1,10 @@
-"""Pieces shared by every model and guide: sizes, devices, the data plate."""
+"""Pieces shared by every model and guide: sizes, devices, the data plate, parameter names
+(:func:`claim`), and the Gaussian KL."""
 
 from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
 
 import pyro
 import torch
@@ -70,3 +74,85 @@ def fresh(tensor: Tensor) -> Tensor:
     """A detached copy for Pyro's param store, which would otherwise adopt the caller's ``init``
     tensor itself as the parameter and train it in place."""
     return tensor.detach().clone()
+
+
+def gaussian_kl(loc_q: Tensor, scale_tril_q: Tensor, loc_p: Tensor, scale_tril_p: Tensor) -> Tensor:
+    """KL(N(loc_q, S_q) || N(loc_p, S_p)) for batches of k-dim Gaussians (the lecture formula):
+
+        1/2 [ tr(S_p^{-1} S_q) + (mu_p - mu_q)^T S_p^{-1} (mu_p - mu_q) - k + ln(|S_p| / |S_q|) ]
+
+    computed from Cholesky factors by triangular solves. Shapes (..., k) and (..., k, k)."""
+    k = loc_q.shape[-1]
+    batch = torch.broadcast_shapes(
+        loc_q.shape[:-1], loc_p.shape[:-1], scale_tril_q.shape[:-2], scale_tril_p.shape[:-2]
+    )
+    lp, lq = scale_tril_p.expand(*batch, k, k), scale_tril_q.expand(*batch, k, k)
+    diff = (loc_p - loc_q).expand(*batch, k).unsqueeze(-1)  # (..., k, 1)
+    trace = torch.linalg.solve_triangular(lp, lq, upper=False).pow(2).sum((-2, -1))
+    maha = torch.linalg.solve_triangular(lp, diff, upper=False).pow(2).sum((-2, -1))
+    log_det_p = 2 * scale_tril_p.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    log_det_q = 2 * scale_tril_q.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return 0.5 * (trace + maha - k + log_det_p - log_det_q)
+
+
+# Parameter names ----------------------------------------------------------------------------
+#
+# Every pyro.param / pyro.module site is named under a prefix (``gmm.loc``, ``vae.decoder$$$...``,
+# ``ppca.guide_loc``), and the object the sites were created from (an ``init``, a guide, a
+# decoder) claims its prefix: when another object claims it, the old sites are dropped, so an
+# explicit ``init=`` or a new guide always starts from its own values.
+
+_CLAIMS: dict[str, Callable[[], object]] = {}  # prefix -> weak reference to the sites' source
+
+
+SEPARATORS = (".", "$$$", "_")  # gmm.loc, vae.decoder$$$net.0.weight, mean_field.0_loc
+
+
+def _under(key: str, prefix: str) -> bool:
+    """Whether param-store ``key`` is a site under ``prefix`` (``prefix.x``, ``prefix$$$x`` or
+    ``prefix_x``, the mean-field guides' tables)."""
+    return any(key.startswith(prefix + separator) for separator in SEPARATORS)
+
+
+def drop(prefix: str) -> None:
+    """Delete the param-store sites under ``prefix``, except those under a longer prefix that
+    something else claimed (a guide named ``gmm.guide`` keeps its sites when ``gmm`` is
+    re-created), and forget who claimed ``prefix``."""
+    _CLAIMS.pop(prefix, None)
+    store = pyro.get_param_store()
+    nested = [other for other in _CLAIMS if _under(other, prefix)]
+    for key in [key for key in store.keys() if _under(key, prefix)]:
+        if not any(_under(key, other) or key == other for other in nested):
+            del store[key]
+
+
+def claim(prefix: str, owner: object) -> None:
+    """Make ``owner`` the source of the sites under ``prefix``: a no-op when it already is (one
+    dict look-up, every step), else the sites another object created are dropped so that
+    ``pyro.param`` creates them again from ``owner``."""
+    held = _CLAIMS.get(prefix)
+    if held is not None and held() is owner:
+        return
+    drop(prefix)
+    try:
+        _CLAIMS[prefix] = weakref.ref(owner)
+    except TypeError:  # not weakly referenceable: hold it
+        _CLAIMS[prefix] = lambda: owner
+
+
+def release(prefix: str) -> None:
+    """Forget who claimed ``prefix``, keeping its sites: called when a model creates its sites
+    from the data (``init=None``), so that a later ``init=`` replaces them."""
+    _CLAIMS.pop(prefix, None)
+
+
+def free_name(base: str) -> str:
+    """``f"{base}.{i}"`` for the smallest i with no site in the param store: the default name of
+    a guide, given on its first use. Unique among the guides whose sites coexist, and the same
+    in every process that clears the store before building its guide (so checkpoints, stored by
+    site name, load again)."""
+    keys = list(pyro.get_param_store().keys())
+    index = 0
+    while any(_under(key, f"{base}.{index}") for key in keys):
+        index += 1
+    return f"{base}.{index}"

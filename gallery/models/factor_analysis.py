@@ -5,7 +5,9 @@ Generative process, for each data point n = 1..N (Ghahramani and Hinton 1996, eq
     z_n ~ N(0, I_p)                                  z: (N, p)
     x_n | z_n ~ N(loading @ z_n + loc, diag(psi))    loading: (d, p), loc: (d,), psi: (d,)
 
-``loc``, ``loading`` and ``noise_variance`` (psi) are ``pyro.param`` point estimates.
+``loc``, ``loading`` and ``noise_variance`` (psi) are ``pyro.param`` point estimates, the sites
+``factor_analysis.loc``, ... (the model's ``name=``). The maths shared with PPCA (posterior,
+EM on the moments, the ELBO, variational EM) is in :mod:`gallery.models.linear_gaussian`.
 """
 
 from __future__ import annotations
@@ -14,10 +16,22 @@ import torch
 from torch import Tensor
 
 from gallery.models import linear_gaussian
-from gallery.models.linear_gaussian import LinearGaussianParams, current_params, log_likelihood
+from gallery.models.linear_gaussian import (
+    LinearGaussianParams,
+    bound_terms,
+    decomposition_terms,
+    e_step_from_moments,
+    em_steps,
+    free_energy,
+    log_likelihood,
+    m_step,
+    mean_field_posterior,
+    posterior,
+    vem_e_step,
+    vem_objective,
+)
 
-__all__ = ["LinearGaussianParams", "current_params", "init_params", "log_likelihood", "model"]
-
+Params = LinearGaussianParams
 NAME, LATENT, PREFIX = "factor-analysis", "z", "factor_analysis"  # see gallery.models.protocol
 
 
@@ -36,6 +50,7 @@ def model(
     num_data: int | None = None,
     obs_dim: int | None = None,
     init: LinearGaussianParams | None = None,
+    name: str = PREFIX,
     subsample: Tensor | None = None,
     subsample_size: int | None = None,
     device: torch.device | str | None = None,
@@ -43,7 +58,9 @@ def model(
     """Factor analysis: ``z_n ~ N(0, I_p)``, ``x_n ~ N(loading @ z_n + loc, diag(psi))``.
 
     :param data: (N, d) observations, or None to sample ``num_data`` points of ``obs_dim``.
-    :param init: starting parameters; default :func:`init_params` on the data.
+    :param init: starting parameters; default :func:`init_params` on the data. An ``init``
+        other than the one the sites were created from replaces them.
+    :param name: the prefix of the ``pyro.param`` sites (``{name}.loc``, ...).
     :param subsample: (B,) indices of the minibatch; or ``subsample_size`` to draw them.
     :returns: (B, d) the observed or sampled x of the subsample.
     """
@@ -54,7 +71,70 @@ def model(
         num_data=num_data,
         obs_dim=obs_dim,
         init=init,
+        name=name,
         subsample=subsample,
         subsample_size=subsample_size,
         device=device,
     )
+
+
+def posterior_guide(
+    data: Tensor | None = None,
+    *,
+    latent_dim: int,
+    num_data: int | None = None,
+    obs_dim: int | None = None,
+    init: LinearGaussianParams | None = None,
+    name: str = PREFIX,
+    subsample: Tensor | None = None,
+    subsample_size: int | None = None,
+    device: torch.device | str | None = None,
+) -> None:
+    """The exact posterior q(z_n) = p(z_n | x_n) as a guide; the signature of :func:`model`."""
+    linear_gaussian.posterior_guide(
+        data,
+        latent_dim=latent_dim,
+        isotropic=False,
+        num_data=num_data,
+        obs_dim=obs_dim,
+        init=init,
+        name=name,
+        subsample=subsample,
+        subsample_size=subsample_size,
+        device=device,
+    )
+
+
+def current_params(name: str = PREFIX) -> LinearGaussianParams:
+    """The fitted parameters, detached, read from Pyro's param store under ``name``."""
+    return linear_gaussian.current_params(name)
+
+
+def owns(params: object) -> bool:
+    """Whether ``params`` are this model's (:func:`gallery.models.owner`)."""
+    return linear_gaussian.owns(params, isotropic=False)
+
+
+__all__ = [
+    "LATENT",
+    "LinearGaussianParams",
+    "NAME",
+    "PREFIX",
+    "Params",
+    "bound_terms",
+    "current_params",
+    "decomposition_terms",
+    "e_step_from_moments",
+    "em_steps",
+    "free_energy",
+    "init_params",
+    "log_likelihood",
+    "m_step",
+    "mean_field_posterior",
+    "model",
+    "owns",
+    "posterior",
+    "posterior_guide",
+    "vem_e_step",
+    "vem_objective",
+]

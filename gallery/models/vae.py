@@ -7,7 +7,8 @@ Generative process, for each data point n = 1..N:
     x_n | z_n ~ N(f(z_n; lambda), sigma^2 I_d)       Gaussian likelihood, sigma^2: ()
     x_n | z_n ~ Bernoulli(sigmoid(f(z_n; lambda)))   Bernoulli likelihood, for binary x
 
-f is an MLP (:class:`Decoder`), registered with ``pyro.module``; sigma^2 is learned as the
+f is an MLP (:class:`Decoder`), registered with ``pyro.module`` as ``vae.decoder`` (the model's
+``name=`` and ``.decoder``; a new decoder object replaces the sites of the old one); sigma^2 is learned as the
 decoder's parameter ``log_noise_variance`` (so the whole model travels in one state dict), or
 fixed. With ``hidden=()`` f(z) = A z + b is affine and the
 Gaussian model is probabilistic PCA with loading A, loc b and noise sigma^2 (Lucas et al. 2019):
@@ -24,7 +25,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from gallery.models.common import data_plate, resolve_device, resolve_sizes, same_device
+from gallery.models.common import claim, data_plate, resolve_device, resolve_sizes, same_device
 from gallery.models.linear_gaussian import LinearGaussianParams
 from gallery.models.networks import mlp
 
@@ -105,6 +106,7 @@ def model(
     *,
     decoder: Decoder,
     num_data: int | None = None,
+    name: str = PREFIX,
     subsample: Tensor | None = None,
     subsample_size: int | None = None,
     device: torch.device | str | None = None,
@@ -112,7 +114,8 @@ def model(
     """The VAE: ``z_n ~ N(0, I_p)``, ``x_n ~ p(x | f(z_n))``.
 
     :param data: (N, d) observations, or None to sample ``num_data`` points.
-    :param decoder: the :class:`Decoder` f, on the data's device and dtype.
+    :param decoder: the :class:`Decoder` f, on the data's device and dtype; registered as
+        ``{name}.decoder``, replacing the sites of any other decoder registered there.
     :param subsample: (B,) indices of the minibatch; or ``subsample_size`` to draw them.
     :returns: (..., B, d) the observed or sampled x of the subsample.
     """
@@ -124,7 +127,8 @@ def model(
             f"the decoder has {weight.dtype} weights on {weight.device} but the data is "
             f"{'absent' if data is None else data.dtype} on {device}; call decoder.to(device=..., dtype=...)"
         )
-    pyro.module("decoder", decoder)
+    claim(f"{name}.decoder", decoder)
+    pyro.module(f"{name}.decoder", decoder)
     zeros = weight.new_zeros(decoder.latent_dim)
     with data_plate(num_data, subsample, subsample_size, device) as ind:
         z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))  # (..., B, p)

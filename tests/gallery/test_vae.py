@@ -78,7 +78,7 @@ def test_mean_field_guide_trains_the_vae():
         vae.model, guide, data, num_steps=200, batch_size=20, lr=0.05, progress=False, decoder=decoder
     )
     assert float(losses.losses[-20:].mean()) < float(losses.losses[:20].mean())
-    assert pyro.param("mean_field_loc").shape == (100, 2)
+    assert pyro.param(f"{guide.name}_loc").shape == (100, 2)
 
 
 def _write_idx(path, array: np.ndarray, compress: bool) -> None:

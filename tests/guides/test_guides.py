@@ -79,13 +79,13 @@ def test_mean_field_rows_outside_the_batch_are_untouched():
     elbo = Trace_ELBO()
     batch = torch.tensor([0, 5, 9])
     elbo.differentiable_loss(model, guide, data, subsample=batch)  # create the parameters
-    before = pyro.param("mean_field_loc").detach().clone()
+    before = pyro.param(f"{guide.name}_loc").detach().clone()
     loss = elbo.differentiable_loss(model, guide, data, subsample=batch)
     loss.backward()
-    grad = pyro.get_param_store()._params["mean_field_loc"].grad
+    grad = pyro.get_param_store()._params[f"{guide.name}_loc"].grad
     changed = grad.abs().sum(-1) > 0
     assert changed.nonzero().flatten().tolist() == batch.tolist()
-    assert torch.equal(pyro.param("mean_field_loc").detach(), before)
+    assert torch.equal(pyro.param(f"{guide.name}_loc").detach(), before)
 
 
 def test_mean_field_categorical_fits_responsibilities():

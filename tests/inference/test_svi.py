@@ -307,7 +307,7 @@ def test_svi_on_device_without_host_sync(device):
         latent_dim=2,
     )
     assert result.losses.isfinite().all()
-    assert pyro.param("loading").device.type == device.type
+    assert pyro.param("ppca.loading").device.type == device.type
     if device.type == "cuda":
         loss_fn = functools.partial(
             make_elbo(False).differentiable_loss,

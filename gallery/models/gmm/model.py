@@ -1,4 +1,5 @@
-"""Gaussian mixture model, fitted by maximum likelihood.
+"""The Gaussian mixture: its parameters, densities, starting point, Pyro model and exact
+posterior guide (the EM and variational-EM steps are in :mod:`gallery.models.gmm.em`).
 
 Generative process, for each data point n = 1..N (Bishop 2006, eq. 9.7-9.12):
 
@@ -30,10 +31,10 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from gallery.data.checks import check_data
-from gallery.models.common import data_plate, fresh, resolve_device, resolve_sizes
+from gallery.models.common import claim, data_plate, fresh, release, resolve_device, resolve_sizes
 
 COVARIANCE_TYPES = ("full", "diag")
-NAME, LATENT, PREFIX = "gmm", "c", "gmm"  # see gallery.models.protocol
+PREFIX = "gmm"  # the default name= of the sites: gmm.weights, gmm.loc, ...
 REG_COVAR = 1e-6  # the covariance floor, as EM's (and scikit-learn's) reg_covar
 
 
@@ -154,28 +155,34 @@ def global_params(
     covariance_type: str,
     init: GMMParams | None,
     device: torch.device,
+    name: str = PREFIX,
 ) -> GMMParams:
-    """The ``pyro.param`` sites of the model, created from ``init`` on first use.
+    """The ``pyro.param`` sites ``{name}.weights``, ``{name}.loc`` and ``{name}.scale_tril`` (or
+    ``{name}.scale``), created from ``init`` on first use; an ``init`` other than the one they
+    were created from replaces them (:func:`gallery.models.common.claim`).
 
     Shared by the model and the exact guide so that both read the same sites."""
     _check_covariance_type(covariance_type)
+    if init is not None:
+        claim(name, init)
 
     @functools.cache
     def start() -> GMMParams:
         if init is not None:
             return init
+        release(name)  # created from the data: a later init= replaces them
         if data is not None:
             return init_params(data, num_components, covariance_type)
         return prior_params(num_components, obs_dim, covariance_type, device, torch.get_default_dtype())
 
-    weights = pyro.param("weights", lambda: fresh(start().weights), constraint=constraints.simplex)
-    loc = pyro.param("loc", lambda: fresh(start().loc))
+    weights = pyro.param(f"{name}.weights", lambda: fresh(start().weights), constraint=constraints.simplex)
+    loc = pyro.param(f"{name}.loc", lambda: fresh(start().loc))
     if covariance_type == "full":
         scale_tril = pyro.param(
-            "scale_tril", lambda: fresh(start().scale_tril), constraint=constraints.lower_cholesky
+            f"{name}.scale_tril", lambda: fresh(start().scale_tril), constraint=constraints.lower_cholesky
         )
         return floored(GMMParams(weights, loc, scale_tril=scale_tril))
-    scale = pyro.param("scale", lambda: fresh(start().scale), constraint=constraints.positive)
+    scale = pyro.param(f"{name}.scale", lambda: fresh(start().scale), constraint=constraints.positive)
     return floored(GMMParams(weights, loc, scale=scale))
 
 
@@ -205,6 +212,7 @@ def model(
     obs_dim: int | None = None,
     covariance_type: str = "full",
     init: GMMParams | None = None,
+    name: str = PREFIX,
     subsample: Tensor | None = None,
     subsample_size: int | None = None,
     device: torch.device | str | None = None,
@@ -212,7 +220,9 @@ def model(
     """Gaussian mixture: ``c_n ~ Categorical(weights)``, ``x_n ~ N(loc[c_n], Sigma[c_n])``.
 
     :param data: (N, D) observations, or None to sample ``num_data`` points of ``obs_dim``.
-    :param init: starting parameters; default :func:`init_params` on the data.
+    :param init: starting parameters; default :func:`init_params` on the data. An ``init``
+        other than the one the sites were created from replaces them.
+    :param name: the prefix of the ``pyro.param`` sites (``{name}.loc``, ...).
     :param subsample: (B,) indices of the minibatch; or ``subsample_size`` to draw them.
     :returns: (B, D) the observed or sampled x of the subsample.
     """
@@ -225,6 +235,7 @@ def model(
         covariance_type=covariance_type,
         init=init,
         device=device,
+        name=name,
     )
     with data_plate(num_data, subsample, subsample_size, device) as ind:
         c = pyro.sample(
@@ -234,13 +245,52 @@ def model(
         return pyro.sample("x", component_dist(params, c), obs=obs)
 
 
-def current_params() -> GMMParams:
-    """The fitted parameters, detached, read from Pyro's param store, with the covariance floor
-    applied as the model applies it."""
+def posterior_guide(
+    data: Tensor | None = None,
+    *,
+    num_components: int,
+    num_data: int | None = None,
+    obs_dim: int | None = None,
+    covariance_type: str = "full",
+    init: GMMParams | None = None,
+    name: str = PREFIX,
+    subsample: Tensor | None = None,
+    subsample_size: int | None = None,
+    device: torch.device | str | None = None,
+) -> None:
+    """The exact posterior as a guide: q(c_n) = p(c_n | x_n) under the model's current
+    parameters (the same sites), enumerated; the signature of :func:`model`."""
+    if data is None:
+        raise ValueError("an exact-posterior guide conditions on the data; pass data=")
+    num_data, obs_dim = resolve_sizes(data, num_data, obs_dim)
+    params = global_params(
+        data,
+        num_components=num_components,
+        obs_dim=obs_dim,
+        covariance_type=covariance_type,
+        init=init,
+        device=data.device,
+        name=name,
+    )
+    with data_plate(num_data, subsample, subsample_size, data.device) as ind:
+        logits = log_responsibilities(data[ind], params)  # (B, K)
+        pyro.sample("c", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
+
+
+def current_params(name: str = PREFIX) -> GMMParams:
+    """The fitted parameters, detached, read from Pyro's param store under ``name``, with the
+    covariance floor applied as the model applies it."""
     store = pyro.get_param_store()
-    read = lambda name: store[name].detach().clone() if name in store else None  # noqa: E731
+    if f"{name}.loc" not in store:
+        raise ValueError(f"no mixture parameters {name}.* in Pyro's param store; fit the model first")
+    read = lambda site: store[f"{name}.{site}"].detach().clone() if f"{name}.{site}" in store else None  # noqa: E731
     raw = GMMParams(read("weights"), read("loc"), scale_tril=read("scale_tril"), scale=read("scale"))
     return floored(raw)
+
+
+def owns(params: object) -> bool:
+    """Whether ``params`` are this model's (:func:`gallery.models.owner`)."""
+    return isinstance(params, GMMParams)
 
 
 def whitening(params: GMMParams) -> tuple[Tensor, Tensor]:
@@ -293,9 +343,34 @@ def log_likelihood(data: Tensor, params: GMMParams) -> Tensor:
 
 
 def log_responsibilities(data: Tensor, params: GMMParams) -> Tensor:
-    """(N, K) log p(c_n = k | x_n), the exact posterior over assignments."""
+    """(N, K) log p(c_n = k | x_n), the exact posterior over assignments: the E-step in log
+    space (the exact guide's logits, the mean-field start, variational EM's q)."""
     joint = joint_log_prob(data, params)
     return joint - joint.logsumexp(-1, keepdim=True)
+
+
+posterior = mean_field_posterior = log_responsibilities  # the posterior factorises over n already
+
+
+def responsibilities(data: Tensor, params: GMMParams) -> tuple[Tensor, Tensor]:
+    """(N, K) responsibilities r_nk = p(c_n = k | x_n) and the mean log-likelihood: the E-step
+    unfused (:func:`gallery.models.gmm.em.e_step` fuses it with the M-step's sums)."""
+    joint = joint_log_prob(data, params)  # (N, K)
+    log_norm = joint.logsumexp(-1, keepdim=True)
+    return (joint - log_norm).exp(), log_norm.mean()
+
+
+def bound_terms(data: Tensor, params: GMMParams, log_q: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(log p(x_n), ELBO_n, KL(q(c_n) || p(c_n | x_n))), each (N,), for a guide's normalised
+    ``log_q`` (N, K): ELBO_n = sum_k q_nk [log w_k + log N(x_n; mu_k, Sigma_k) - log q_nk].
+    ``None``: the guide leaves c to the model's enumeration, which is exact (q is the posterior)."""
+    joint = joint_log_prob(data, params)  # (N, K)
+    log_post = joint - joint.logsumexp(-1, keepdim=True)
+    if log_q is None:
+        log_q = log_post
+    elbo_n = (log_q.exp() * (joint - log_q)).sum(-1)
+    kl = (log_q.exp() * (log_q - log_post)).sum(-1)
+    return joint.logsumexp(-1), elbo_n, kl
 
 
 def _check_covariance_type(covariance_type: str) -> None:
