@@ -57,7 +57,7 @@ def prepare(config: RunConfig) -> Prepared:
     model_kwargs = _model_kwargs(config, num_data, obs_dim)
     if config.model == "ppca":
         ppca_max_log_likelihood(stats, config.latent_dim)  # refuses data with no maximum
-    if isinstance(data, Tensor):
+    if not config.data.stream:  # a mapped file is read in the dtype, onto the device
         data = data.to(device=device, dtype=config.torch_dtype)
     return Prepared(config, data, labels, "+".join(steps) or "none", model_kwargs, moments=stats)
 
@@ -130,7 +130,7 @@ def setup(prepared: Prepared, parallel=None) -> Setup:
     options = {"covariance_type": config.covariance_type} if config.model == "gmm" else {}
     init = module.init_params(sample, size, generator=generator, **options)
     pyro.clear_param_store()
-    streamed = isinstance(data, mapped.MappedRows)
+    streamed = config.data.stream
     guide = make_guide(
         config.model,
         config.guide,
@@ -164,7 +164,7 @@ def evaluate(prepared: Prepared, setup: Setup, svi: SVIResult) -> Evaluated:
         float(em.log_likelihoods[0]),
     )
     baseline = Baseline(float(em.log_likelihoods[-1]), em.num_iters, em.converged)
-    extras = {"stream": isinstance(data, mapped.MappedRows)}
+    extras = {"stream": config.data.stream}
     if config.model == "ppca":
         closed_form = ppca_max_log_likelihood(prepared.moments, config.latent_dim)
         extras["closed_form_log_likelihood_per_datum"] = float(closed_form)

@@ -31,12 +31,12 @@ from inference.checkpoint import Checkpointing
 from inference.distributed import DataParallel
 from inference.svi import fit_svi
 
+JOBS = {"em": em_job, "vae": vae_job}  # the model-specific part of a run, by kind
+
 
 def job(config: RunConfig):
-    return vae_job if config.is_vae else em_job
-
-
-JOBS = {"em": em_job, "vae": vae_job}
+    """The job of ``config.model``: the VAE's, or the EM models'."""
+    return JOBS["vae" if config.is_vae else "em"]
 
 
 def prepare(config: RunConfig) -> Prepared:

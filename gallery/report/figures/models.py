@@ -206,25 +206,26 @@ def vae_figure_files(settings: Settings) -> list[Figure]:
         f"nats per datum on them, {m['heldout_elbo_per_datum']:.2f} and "
         f"{m['heldout_log_likelihood_per_datum']:.2f} on the {m['num_heldout']} held out"
     )
+    decoder = result.setup.model_kwargs["decoder"]
     means = vae_figures.latent_means(result.guide, prepared.data).double().cpu()
     latent_title = f"VAE: latent means E_q[z|x] of the {m['num_data']} training digits"
     return [
         Figure(
             "vae_samples.png",
             "The VAE's generated examples",
-            vae_figures.samples_png(result.decoder, shape, seed=settings.seed),
+            vae_figures.samples_png(decoder, shape, seed=settings.seed),
             f"64 generated examples, the decoder's mean images f(z) for z ~ N(0, I), of {fit}.",
         ),
         Figure(
             "vae_reconstructions.png",
             "The VAE's reconstructions",
-            vae_figures.reconstructions_png(result.decoder, result.guide, prepared.heldout, shape),
+            vae_figures.reconstructions_png(decoder, result.guide, prepared.heldout, shape),
             f"16 held-out digits (top) above their reconstructions f(E_q[z|x]) (bottom), by {fit}.",
         ),
         Figure(
             "vae_latent.png",
             "The VAE's latent space",
-            vae_figures.labelled_latent_png(means, prepared.train_labels, latent_title),
+            vae_figures.labelled_latent_png(means, prepared.labels, latent_title),
             f"The encoder's means E_q[z|x] of the training digits, coloured by the digit they show "
             f"(the fit never sees the labels), for {fit}.",
         ),
