@@ -60,6 +60,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from inference.per_datum import keeps_q_per_datum
+
 
 @dataclass(frozen=True)
 class DataParallel:
@@ -121,7 +123,7 @@ class DataParallel:
     def check_guide(self, guide: Callable) -> None:
         """Refuse a guide with per-datapoint parameters when there is more than one process.
         A Pyro autoguide is known only after its first call; check it again then."""
-        if self.world_size > 1 and per_datapoint(guide):
+        if self.world_size > 1 and keeps_q_per_datum(guide):
             raise ValueError(
                 f"guide {type(guide).__name__} keeps a q for every data point, which cannot be split "
                 f"over {self.world_size} processes (each would train its own copy of its rows); use "
@@ -178,23 +180,6 @@ class DataParallel:
         return flags.nonzero().flatten().tolist()
 
 
-def per_datapoint(guide: Callable) -> bool:
-    """True for a guide with parameters of its own for each data point: the mean-field tables,
-    and a Pyro autoguide with a latent site in the data plate (``AutoNormal`` for z; for the
-    mixture, whose c is summed out in the model, it has none)."""
-    from pyro.infer.autoguide import AutoGuide
-
-    from guides.mean_field import MeanFieldCategorical, MeanFieldNormal
-
-    if isinstance(guide, MeanFieldNormal | MeanFieldCategorical):
-        return True
-    prototype = getattr(guide, "prototype_trace", None) if isinstance(guide, AutoGuide) else None
-    if prototype is None:
-        return False
-    sites = prototype.iter_stochastic_nodes()
-    return any(frame.name == "data" for _, site in sites for frame in site["cond_indep_stack"])
-
-
 def _in_flat_buffers(tensors: list[Tensor], collective: Callable[[Tensor], object]) -> None:
     """Run ``collective`` in place on one flat copy of ``tensors`` per (dtype, device) and copy
     the results back."""
@@ -208,4 +193,4 @@ def _in_flat_buffers(tensors: list[Tensor], collective: Callable[[Tensor], objec
             tensor.copy_(value)
 
 
-__all__ = ["DataParallel", "per_datapoint"]
+__all__ = ["DataParallel"]

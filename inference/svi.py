@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import pyro
 import torch
@@ -34,8 +35,9 @@ from tqdm.auto import tqdm
 from gallery.data.checks import check_data, clock
 from gallery.data.mapped import MappedRows
 from inference.checkpoint import Checkpointing, restore, rng_state, set_rng_state
-from inference.distributed import DataParallel, per_datapoint
+from inference.distributed import DataParallel
 from inference.estimators import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
+from inference.per_datum import keeps_q_per_datum
 
 MAX_PLATE_NESTING = 1  # every gallery model has one plate, "data"
 
@@ -159,13 +161,14 @@ def fit_svi(
     """Fit ``model`` and ``guide`` to ``data`` (N, D) by SVI with Adam.
 
     :param data: an (N, D) tensor, or rows on disk read a minibatch at a time (which needs a
-        ``batch_size`` and a guide with no q per data point).
+        ``batch_size`` and a guide with no q per data point), see :func:`step_rows`.
     :param batch_size: minibatch size B (``None``: the full data every step).
     :param lr: Adam's initial learning rate, decayed geometrically to ``lr * final_lr_ratio``.
     :param num_particles: K samples per step for the ELBO estimate, vectorised.
     :param elbo: an ELBO instance; default :func:`make_elbo` chosen by :func:`uses_enumeration`.
     :param checkpoint: where and how often to save the run's state, and whether to resume from it;
-        on CPU a resumed run ends with the parameters of an uninterrupted one, bit for bit.
+        on CPU a resumed run ends with the parameters of an uninterrupted one, bit for bit
+        (:class:`RunState`).
     :param parallel: this process's place among data-parallel processes; ``data`` is then its
         shard, ``batch_size`` its rows per step, and the networks must have been built from the
         same seed on every rank. Minibatches and Pyro's samples are seeded per rank
@@ -180,31 +183,15 @@ def fit_svi(
     :param model_kwargs: passed to both model and guide (the same signature).
     :returns: the loss history; the fitted parameters are in Pyro's param store.
     """
-    streamed = isinstance(data, MappedRows)
-    num_data = len(data) if streamed else check_data(data).shape[0]
-    if streamed and batch_size is None:
-        raise ValueError("data read from a file is read a minibatch at a time: pass a batch_size")
-    if num_steps < 1:
-        raise ValueError(f"num_steps={num_steps} must be at least 1")
-    if batch_size is not None and not 1 <= batch_size <= num_data:
-        raise ValueError(f"batch_size={batch_size} must be between 1 and num_data={num_data}")
-    if num_particles < 1:
-        raise ValueError(f"num_particles={num_particles} must be at least 1")
-    if seed is not None and seed < 0:
-        raise ValueError(f"seed={seed} must be at least 0")
-    if parallel is not None:
-        parallel.check_guide(guide)
-        pyro.set_rng_seed(parallel.batch_seed(seed or 0))
-    elif seed is not None:
-        pyro.set_rng_seed(seed)
-    resumed = checkpoint.load() if checkpoint is not None and checkpoint.resume else None
-    start_step = 0 if resumed is None else resumed["step"]
+    rows = step_rows(data)
+    _check_arguments(rows, num_steps, batch_size, num_particles, seed)
     batch_seed = (seed or 0) if parallel is None else parallel.batch_seed(seed or 0)
-    index_device = torch.device("cpu") if streamed else data.device  # a file is read from the host
-    batches = minibatches(num_data, batch_size, index_device, batch_seed, start_step)
-
-    inputs = step_inputs(model, guide, data, model_kwargs)
-    _refuse_per_datapoint_from_disk(guide, data)
+    _refuse_guide(guide, rows, parallel)
+    if parallel is not None or seed is not None:
+        pyro.set_rng_seed(batch_seed)
+    run = RunState.open(checkpoint, parallel)
+    batches = minibatches(rows.num_data, batch_size, rows.index_device, batch_seed, run.start_step)
+    inputs = rows.step_inputs(model, guide, model_kwargs)
     first = next(batches)
     if elbo is None:
         first_model, first_guide, first_data, first_kwargs = inputs(first)
@@ -218,97 +205,209 @@ def fit_svi(
 
     _, named_params = collect_params(loss_fn, first)  # creates every parameter, with its constraint
     params = list(named_params.values())
-    _refuse_per_datapoint_from_disk(guide, data)  # an autoguide's sites are known after its first call
+    _refuse_guide(guide, rows, parallel)  # an autoguide's sites are known after its first call
     modules = networks(model, guide, model_kwargs)
-    is_root = parallel is None or parallel.is_root
     if parallel is not None:
-        parallel.check_guide(guide)  # an autoguide's sites are known after its first call
         parallel.broadcast_parameters(params, modules)
         grad_hook = parallel.gradient_hook(then=grad_hook)
     optimizer, schedule = make_optimizer(params, lr=lr, num_steps=num_steps, final_lr_ratio=final_lr_ratio)
-    losses = torch.empty(num_steps, dtype=data.dtype, device=data.device)
+    losses = torch.empty(num_steps, dtype=rows.dtype, device=rows.device)
     state = dict(
-        params=named_params, modules=modules, optimizer=optimizer, scheduler=schedule, device=data.device
+        params=named_params, modules=modules, optimizer=optimizer, scheduler=schedule, device=rows.device
     )
-    if resumed is not None:
-        if not resumed["step"] <= num_steps:
-            raise ValueError(f"the checkpoint is at step {resumed['step']}, past --num-steps {num_steps}")
-        restore(resumed, **state)
-        losses[:start_step] = resumed["losses"].to(losses)
-        if parallel is not None:  # restore() set rank 0's generators; each rank takes its own
-            _restore_rank_generators(resumed, parallel, data.device)
-    summed = start_step  # losses[:summed] are summed over the ranks (a checkpoint's are)
-
-    def sum_losses(stop: int) -> None:
-        nonlocal summed
-        if parallel is not None and stop > summed:
-            parallel.sum_(losses[summed:stop])
-            summed = stop
-
-    saved_note = ""
-    if checkpoint is not None and checkpoint.every is not None and resumed is None:
-        saved_note = _save(checkpoint, parallel, 0, losses, state)  # the starting point is on disk too
-    log_every = max(1, num_steps // 20)
+    run.begin(losses, state)
     start = clock(data)
-    with pyro.validation_enabled(False):  # argument checks would sync with the host every step
-        bar = tqdm(range(start_step, num_steps), desc="SVI", disable=not (progress and is_root), leave=False)
-        subsample = first
-        for step in bar:
-            try:
-                losses[step] = svi_step(loss_fn, params, optimizer, subsample, grad_hook)
-            except torch.linalg.LinAlgError as err:  # a covariance the parameters imply broke down
-                reason = str(err).splitlines()[0].rstrip(".")
-                raise ValueError(
-                    f"SVI diverged at step {step}: {reason}; lower the learning rate{saved_note}"
-                ) from None
-            schedule.step()
-            subsample = next(batches)
-            if (step + 1) % log_every == 0:  # one host sync every 5% of the run
-                _check_finite(losses, step, params, saved_note, parallel)
-                bar.set_postfix(elbo_per_datum=f"{-float(losses[step]) / num_data:.4f}")
-            if checkpoint is not None and checkpoint.due(step + 1, num_steps):
-                _check_finite(losses, step, params, saved_note, parallel)  # nothing non-finite is saved
-                sum_losses(step + 1)
-                saved_note = _save(checkpoint, parallel, step + 1, losses, state)
-    _check_finite(losses, num_steps - 1, params, saved_note, parallel)
-    sum_losses(num_steps)
+    step = partial(svi_step, loss_fn, params, optimizer, grad_hook=grad_hook)
+    _train(step, schedule, batches, first, run, params, progress, rows.num_data)
+    run.finish(params)
     seconds = clock(data) - start
     return SVIResult(losses.cpu(), num_steps, seconds, getattr(elbo, "estimator", type(elbo).__name__))
 
 
-def step_inputs(
-    model: Callable, guide: Callable, data: Tensor | MappedRows, model_kwargs: dict
-) -> Callable[[Tensor | None], tuple[Callable, Callable, Tensor, dict]]:
-    """``inputs(subsample)``: the model, guide, data and keyword arguments of one step on the
-    minibatch ``subsample``. In memory, the whole data with ``subsample=`` (the plate scales by
-    N / B); from disk, the B rows read, with model and guide under ``poutine.scale(N / B)``."""
-    if isinstance(data, Tensor):
-        return lambda subsample: (model, guide, data, {"subsample": subsample, **model_kwargs})
+def _train(
+    step: Callable[[Tensor | None], Tensor],
+    schedule: torch.optim.lr_scheduler.LambdaLR,
+    batches: Iterator[Tensor | None],
+    subsample: Tensor | None,
+    run: RunState,
+    params: list[Tensor],
+    progress: bool,
+    num_data: int,
+) -> None:
+    """The loop: step, decay the rate, draw the next minibatch; check and checkpoint as due."""
+    losses, num_steps = run.losses, len(run.losses)
+    log_every = max(1, num_steps // 20)
+    show = progress and (run.parallel is None or run.parallel.is_root)
+    with pyro.validation_enabled(False):  # argument checks would sync with the host every step
+        bar = tqdm(range(run.start_step, num_steps), desc="SVI", disable=not show, leave=False)
+        for t in bar:
+            try:
+                losses[t] = step(subsample)
+            except torch.linalg.LinAlgError as err:  # a covariance the parameters imply broke down
+                reason = str(err).splitlines()[0].rstrip(".")
+                raise ValueError(
+                    f"SVI diverged at step {t}: {reason}; lower the learning rate{run.note}"
+                ) from None
+            schedule.step()
+            subsample = next(batches)
+            if (t + 1) % log_every == 0:  # one host sync every 5% of the run
+                _check_finite(losses, t, params, run.note, run.parallel)
+                bar.set_postfix(elbo_per_datum=f"{-float(losses[t]) / num_data:.4f}")
+            run.after_step(t + 1, params)
 
-    def inputs(subsample: Tensor) -> tuple[Callable, Callable, Tensor, dict]:
-        scaled = poutine.scale(scale=len(data) / len(subsample))
-        return scaled(model), scaled(guide), data.rows(subsample), model_kwargs
 
-    return inputs
+def _check_arguments(
+    rows: MemoryRows | DiskRows, num_steps: int, batch_size: int | None, num_particles: int, seed: int | None
+) -> None:
+    if rows.on_disk and batch_size is None:
+        raise ValueError("data read from a file is read a minibatch at a time: pass a batch_size")
+    if num_steps < 1:
+        raise ValueError(f"num_steps={num_steps} must be at least 1")
+    if batch_size is not None and not 1 <= batch_size <= rows.num_data:
+        raise ValueError(f"batch_size={batch_size} must be between 1 and num_data={rows.num_data}")
+    if num_particles < 1:
+        raise ValueError(f"num_particles={num_particles} must be at least 1")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed={seed} must be at least 0")
 
 
-def _refuse_per_datapoint_from_disk(guide: Callable, data: Tensor | MappedRows) -> None:
-    if isinstance(data, MappedRows) and per_datapoint(guide):
+def _refuse_guide(guide: Callable, rows: MemoryRows | DiskRows, parallel: DataParallel | None) -> None:
+    """Refuse a guide with a q per data point (:func:`keeps_q_per_datum`) on rows read from a
+    file or split over processes."""
+    if parallel is not None:
+        parallel.check_guide(guide)
+    if rows.on_disk and keeps_q_per_datum(guide):
         raise ValueError(
             f"guide {type(guide).__name__} keeps a q for every data point, which a run that reads "
             "its rows from a file a minibatch at a time cannot index; use --guide amortised or exact"
         )
 
 
-def _save(
-    checkpoint: Checkpointing, parallel: DataParallel | None, step: int, losses: Tensor, state: dict
-) -> str:
-    """Save the state after ``step`` steps (rank 0 writes; every rank gives its generators) and
-    return the note that error messages then append."""
-    rank_rng = None if parallel is None else parallel.all_gather(rng_state(state["device"]))
-    if parallel is None or parallel.is_root:
-        checkpoint.save(step=step, losses=losses[:step], rank_rng=rank_rng, **state)
-    return f"; the last good checkpoint (step {step}) is kept at {checkpoint.path}"
+@dataclass(frozen=True)
+class MemoryRows:
+    """(N, D) rows in memory: every step sees the whole data with ``subsample=`` (the plate scales
+    by N / B and indexes per-datum guide parameters by the same rows)."""
+
+    data: Tensor
+    on_disk = False
+
+    @property
+    def num_data(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.data.dtype
+
+    @property
+    def index_device(self) -> torch.device:
+        return self.data.device
+
+    def step_inputs(self, model: Callable, guide: Callable, model_kwargs: dict) -> StepInputs:
+        """``inputs(subsample)``: the model, guide, data and keyword arguments of one step."""
+        return lambda subsample: (model, guide, self.data, {"subsample": subsample, **model_kwargs})
+
+
+@dataclass(frozen=True)
+class DiskRows(MemoryRows):
+    """(N, D) rows on disk (:class:`~gallery.data.mapped.MappedRows`): every step reads its B rows
+    (indices drawn on the host) and runs model and guide on them under ``poutine.scale(N / B)``,
+    the same estimator as the subsampled plate."""
+
+    data: MappedRows
+    on_disk = True
+
+    @property
+    def num_data(self) -> int:
+        return len(self.data)
+
+    @property
+    def index_device(self) -> torch.device:
+        return torch.device("cpu")  # a file is read from the host
+
+    def step_inputs(self, model: Callable, guide: Callable, model_kwargs: dict) -> StepInputs:
+        def inputs(subsample: Tensor) -> tuple[Callable, Callable, Tensor, dict]:
+            scaled = poutine.scale(scale=len(self.data) / len(subsample))
+            return scaled(model), scaled(guide), self.data.rows(subsample), model_kwargs
+
+        return inputs
+
+
+StepInputs = Callable[[Tensor | None], tuple[Callable, Callable, Tensor, dict]]
+
+
+def step_rows(data: Tensor | MappedRows) -> MemoryRows | DiskRows:
+    """The rows SVI steps on, by where they are: the one place that asks; an in-memory tensor is
+    checked (2-D, finite) by :func:`~gallery.data.checks.check_data`."""
+    return DiskRows(data) if isinstance(data, MappedRows) else MemoryRows(check_data(data))
+
+
+@dataclass
+class RunState:
+    """The checkpoint side of one SVI run: what was resumed, the loss history that is summed over
+    the ranks (``losses[:summed]``), and the note that error messages append once a checkpoint is
+    on disk. Only rank 0 writes; every rank gives its generators and reads the file to resume."""
+
+    checkpoint: Checkpointing | None
+    parallel: DataParallel | None
+    resumed: dict | None
+    losses: Tensor | None = None
+    state: dict | None = None
+    summed: int = 0
+    note: str = ""
+
+    @classmethod
+    def open(cls, checkpoint: Checkpointing | None, parallel: DataParallel | None) -> RunState:
+        resumed = checkpoint.load() if checkpoint is not None and checkpoint.resume else None
+        return cls(checkpoint, parallel, resumed, summed=0 if resumed is None else resumed["step"])
+
+    @property
+    def start_step(self) -> int:
+        return 0 if self.resumed is None else self.resumed["step"]
+
+    def begin(self, losses: Tensor, state: dict) -> None:
+        """Restore the resumed state into ``state`` and ``losses`` (num_steps,), or save step 0."""
+        self.losses, self.state = losses, state
+        num_steps = len(losses)
+        if self.resumed is not None:
+            if not self.resumed["step"] <= num_steps:
+                raise ValueError(
+                    f"the checkpoint is at step {self.resumed['step']}, past --num-steps {num_steps}"
+                )
+            restore(self.resumed, **state)
+            losses[: self.start_step] = self.resumed["losses"].to(losses)
+            if self.parallel is not None:  # restore() set rank 0's generators; each rank takes its own
+                _restore_rank_generators(self.resumed, self.parallel, state["device"])
+        elif self.checkpoint is not None and self.checkpoint.every is not None:
+            self._save(0)  # the starting point is on disk too
+
+    def after_step(self, steps_done: int, params: list[Tensor]) -> None:
+        """Checkpoint after ``steps_done`` steps when due; nothing non-finite is saved."""
+        if self.checkpoint is not None and self.checkpoint.due(steps_done, len(self.losses)):
+            _check_finite(self.losses, steps_done - 1, params, self.note, self.parallel)
+            self._sum_losses(steps_done)
+            self._save(steps_done)
+
+    def finish(self, params: list[Tensor]) -> None:
+        num_steps = len(self.losses)
+        _check_finite(self.losses, num_steps - 1, params, self.note, self.parallel)
+        self._sum_losses(num_steps)
+
+    def _sum_losses(self, stop: int) -> None:
+        if self.parallel is not None and stop > self.summed:
+            self.parallel.sum_(self.losses[self.summed : stop])
+            self.summed = stop
+
+    def _save(self, step: int) -> None:
+        parallel, state = self.parallel, self.state
+        rank_rng = None if parallel is None else parallel.all_gather(rng_state(state["device"]))
+        if parallel is None or parallel.is_root:
+            self.checkpoint.save(step=step, losses=self.losses[:step], rank_rng=rank_rng, **state)
+        self.note = f"; the last good checkpoint (step {step}) is kept at {self.checkpoint.path}"
 
 
 def _restore_rank_generators(resumed: dict, parallel: DataParallel, device: torch.device) -> None:

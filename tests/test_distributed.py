@@ -33,7 +33,8 @@ import guides
 from gallery import load
 from gallery.models import gmm, ppca
 from inference.checkpoint import Checkpointing
-from inference.distributed import DataParallel, per_datapoint
+from inference.distributed import DataParallel
+from inference.per_datum import keeps_q_per_datum as per_datapoint
 from inference.svi import collect_params, fit_svi, make_elbo, make_optimizer, minibatches, svi_step
 from tests.conftest import DEVICES, known_linear_gaussian, sample_linear_gaussian
 from tests.test_cli import run_main

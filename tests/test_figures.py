@@ -90,7 +90,7 @@ def test_nothing_is_written_when_a_figure_fails(tmp_path, monkeypatch):
     def fail(*args):
         raise RuntimeError("the last figure failed")
 
-    monkeypatch.setattr(gallery.app.figures, "vem_figure", fail)
+    monkeypatch.setattr(gallery.report.figures.lecture, "vem_figure", fail)
     out = tmp_path / "figures"
     with pytest.raises(RuntimeError, match="last figure"):
         main([*TINY, "--num-steps", "2", "--out", str(out)])

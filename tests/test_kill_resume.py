@@ -38,7 +38,7 @@ def counted(real, on_call):
         return real(*args, **kwargs)
     return wrapper
 
-import gallery.report.atomic, gallery.app.vae_run, inference.checkpoint, inference.svi
+import gallery.report.atomic, gallery.app.vae_job, inference.checkpoint, inference.svi
 if mode == "step":
     inference.svi.svi_step = counted(inference.svi.svi_step, lambda real, *a, **k: die())
 elif mode == "checkpoint-write":  # half the bytes in the temporary file, then killed
@@ -53,8 +53,8 @@ elif mode == "after-checkpoint":
         inference.checkpoint.write_atomic, lambda real, *a, **k: (real(*a, **k), die())
     )
 elif mode == "evaluation":  # the second importance estimate: after training
-    gallery.app.vae_run.importance_estimate = counted(
-        gallery.app.vae_run.importance_estimate, lambda real, *a, **k: die()
+    gallery.app.vae_job.importance_estimate = counted(
+        gallery.app.vae_job.importance_estimate, lambda real, *a, **k: die()
     )
 elif mode == "outputs":  # the first result file staged, then killed before any rename
     real_write_all = gallery.report.atomic.write_all_atomic

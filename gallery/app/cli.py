@@ -19,15 +19,20 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 from gallery.app import compare, figures
+from gallery.app.config import BY_MODEL_HELP, DTYPES, OWN, WHERE, RunConfig, flat, make_config
 from gallery.app.parsing import OneLineParser
-from gallery.app.runner import DTYPES, RunConfig, arviz_payloads, fit, prepare
+from gallery.app.pipeline import fit, prepare, render, summary
 from gallery.data import datasets
+from gallery.models import MODELS
 from gallery.models.vae import ACTIVATIONS, LIKELIHOODS
 from gallery.report.atomic import check_writable_folder, write_all_atomic
-from guides.registry import GUIDES, MODELS
+from guides.registry import GUIDES
 from inference.distributed import DataParallel
+
+EM_MODELS = [name for name in MODELS if name != "vae"]
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -66,20 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
         "parameters; write DIR/metrics.json, DIR/params.pt and DIR/training_curve.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    run.add_argument("model", choices=[*MODELS, "vae"], metavar="MODEL", help=", ".join([*MODELS, "vae"]))
-    defaults = RunConfig(model="gmm")
+    run.add_argument(
+        "model", choices=[*EM_MODELS, "vae"], metavar="MODEL", help=", ".join([*EM_MODELS, "vae"])
+    )
+    defaults = SimpleNamespace(**flat(RunConfig(model="gmm")))  # the defaults that hold for every model
     run.add_argument(
         "--guide",
         default=None,
         choices=list(GUIDES),
         metavar="GUIDE",
-        help=f"{', '.join(GUIDES)}; None: exact, or amortised for the vae",
+        help=f"{', '.join(GUIDES)}; None: {BY_MODEL_HELP['guide']}",
     )
     run.add_argument(
         "--data",
         default=None,
         help="bundled name (iris, digits), mnist (with --data-dir), or a .npy/.npz/.csv path; "
-        "None: iris, or digits for the vae",
+        f"None: {BY_MODEL_HELP['data']}",
     )
     run.add_argument("--components", type=int, default=defaults.components, help="K, mixture components")
     run.add_argument(
@@ -91,13 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--latent-dim", type=int, default=defaults.latent_dim, help="p, size of z")
     run.add_argument("--num-steps", type=int, default=defaults.num_steps, help="SVI steps")
     run.add_argument(
-        "--batch-size", type=int, default=None, help="minibatch size; None: all the data every step"
+        "--batch-size", type=int, default=None, help=f"minibatch size; None: {BY_MODEL_HELP['batch_size']}"
     )
     run.add_argument(
         "--lr",
         type=float,
         default=None,
-        help="Adam learning rate, decays 10x; None: 0.05, or 0.005 for amortised guides",
+        help=f"Adam learning rate, decays 10x; None: {BY_MODEL_HELP['lr']}",
     )
     run.add_argument(
         "--num-particles", type=int, default=defaults.num_particles, help="ELBO samples per step"
@@ -106,14 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-particles",
         type=int,
         default=None,
-        help="samples for the final ELBO (and the VAE's importance-weighted log p(x)); None: 100, vae 1000",
+        help="samples for the final ELBO (and the VAE's importance-weighted log p(x)); "
+        f"None: {BY_MODEL_HELP['eval_particles']}",
     )
     run.add_argument(
         "--hidden",
         type=_hidden,
-        default=(),
+        default=None,
         help="hidden sizes, e.g. 64,64, of the amortised encoder ((): affine), and of the VAE's "
-        "decoder and encoder (): 128",
+        f"decoder and encoder; None: {BY_MODEL_HELP['hidden']}",
     )
     run.add_argument("--em-iters", type=int, default=defaults.em_iters, help="maximum EM iterations")
     run.add_argument("--em-tol", type=float, default=defaults.em_tol, help="EM tolerance, nats per datum")
@@ -129,7 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--device", default=defaults.device, help="cpu or cuda")
     run.add_argument(
-        "--dtype", default=None, choices=list(DTYPES), help="for the data and SVI; None: float64, vae float32"
+        "--dtype",
+        default=None,
+        choices=list(DTYPES),
+        help=f"for the data and SVI; None: {BY_MODEL_HELP['dtype']}",
     )
     vae = run.add_argument_group("the vae")
     vae.add_argument("--likelihood", default=defaults.likelihood, choices=list(LIKELIHOODS), help="p(x|z)")
@@ -189,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _list() -> None:
     print("models:")
-    for name, spec in MODELS.items():
-        print(f"  {name:16s} {spec.module.__doc__.strip().splitlines()[0]}")
+    for name in EM_MODELS:
+        print(f"  {name:16s} {MODELS[name].__doc__.strip().splitlines()[0]}")
     print(f"  {'vae':16s} the variational autoencoder: z ~ N(0, I), x | z ~ N(f(z), sigma^2 I) or Bernoulli")
     print("guides:")
     for name, text in GUIDES.items():
@@ -202,44 +213,6 @@ def _list() -> None:
     print("  or a path to a .npy, .npz or .csv file with one observation per row")
 
 
-def _summary(metrics: dict) -> str:
-    rows = [
-        ("initial parameters", "log p(x)", metrics["initial_log_likelihood_per_datum"], "", ""),
-        (
-            f"EM ({metrics['em_num_iters']} iterations)",
-            "log p(x)",
-            metrics["em_log_likelihood_per_datum"],
-            "",
-            f"{metrics['em_seconds']:.2f}",
-        ),
-        (
-            f"SVI, guide {metrics['guide']}",
-            "log p(x)",
-            metrics["log_likelihood_per_datum"],
-            metrics["num_steps"],
-            f"{metrics['svi_seconds']:.2f}",
-        ),
-        (f"SVI, guide {metrics['guide']}", "ELBO", metrics["elbo_per_datum"], "", ""),
-    ]
-    if "closed_form_log_likelihood_per_datum" in metrics:
-        rows.append(
-            (
-                "closed form (Tipping-Bishop)",
-                "log p(x)",
-                metrics["closed_form_log_likelihood_per_datum"],
-                "",
-                "",
-            )
-        )
-    lines = [
-        f"{metrics['model']} on {metrics['data']} (N={metrics['num_data']}, D={metrics['obs_dim']}), "
-        f"{metrics['device']}, nats per datum",
-        f"{'fit':32s} {'quantity':9s} {'per datum':>12s} {'steps':>6s} {'seconds':>8s}",
-    ]
-    lines += [f"{a:32s} {b:9s} {c:12.6f} {d!s:>6s} {e:>8s}" for a, b, c, d, e in rows]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "list":
@@ -249,7 +222,6 @@ def main(argv: list[str] | None = None) -> int:
         return compare.run(args)
     if args.command == "figures":
         return figures.run(args)
-    is_vae = args.model == "vae"
     launched = int(os.environ.get("WORLD_SIZE", "1"))  # > 1: this is one of torchrun's processes
     num_processes = args.num_processes if args.num_processes is not None else launched
     if launched > 1 and num_processes != launched:
@@ -259,73 +231,24 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    config = RunConfig(
-        model=args.model,
-        guide=args.guide or ("amortised" if is_vae else "exact"),
-        data=args.data or ("digits" if is_vae else "iris"),
-        components=args.components,
-        latent_dim=args.latent_dim,
-        covariance_type=args.covariance_type,
-        num_steps=args.num_steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        num_particles=args.num_particles,
-        eval_particles=args.eval_particles,
-        hidden=args.hidden,
-        em_iters=args.em_iters,
-        em_tol=args.em_tol,
-        standardize=args.standardize,
-        drop_constant_columns=args.drop_constant_columns,
-        device=args.device,
-        dtype=args.dtype,
-        seed=args.seed,
-        progress=not args.no_progress,
-        likelihood=args.likelihood,
-        decoder=args.decoder,
-        activation=args.activation,
-        noise_variance=args.noise_variance,
-        binarize=args.binarize,
-        heldout_fraction=args.heldout_fraction,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        data_dir=args.data_dir,
-        gap_rows=args.gap_rows,
-        gap_steps=args.gap_steps,
-        arviz=args.arviz,
-        arviz_draws=args.arviz_draws,
-        num_processes=num_processes,
-        stream=args.stream,
-    )
+    config = config_from_args(args, num_processes)
     out = args.out if args.out is not None else Path("runs") / args.model
     if num_processes > 1 and launched == 1:
         try:  # refuse bad input here, once, before any process starts
             check_writable_folder(out)
-            if is_vae:
-                from gallery.app.vae_run import prepare_vae
-
-                prepare_vae(config)
-            else:
-                prepare(config)
+            prepare(config)
         except ValueError as err:
             print(f"python -m gallery run: error: {err}", file=sys.stderr)
             return 2
         return launch(without_num_processes(sys.argv[1:] if argv is None else argv), num_processes)
-    parallel = DataParallel.from_environment(config.device) if launched > 1 else None
+    parallel = DataParallel.from_environment(config.train.device) if launched > 1 else None
     try:
         check_writable_folder(out)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if is_vae:
-                from gallery.app.vae_run import fit_vae, prepare_vae
-                from gallery.report import vae_output
-
-                result = fit_vae(prepare_vae(config), out, parallel=parallel)
-                if result is not None:
-                    payloads, summary = vae_output.render(result), vae_output.summary(result.metrics)
-            else:
-                result = fit(prepare(config), out, parallel=parallel)
-                if result is not None:
-                    payloads, summary = _render(result), _summary(result.metrics)
+            result = fit(prepare(config), out, parallel=parallel)
+            if result is not None:
+                payloads, text = render(result), summary(result)
     except ValueError as err:
         rank = "" if parallel is None else f" (rank {parallel.rank} of {parallel.world_size})"
         print(f"python -m gallery run{rank}: error: {err}", file=sys.stderr)
@@ -336,11 +259,19 @@ def main(argv: list[str] | None = None) -> int:
     if result is None:  # a rank other than 0: rank 0 reports
         return 0
     write_all_atomic(out, payloads)
-    print(summary)
+    print(text)
     for warning in {str(w.message) for w in caught}:
         print(f"note: {warning}")
     print(f"wrote {', '.join(str(out / name) for name in payloads)}")
     return 0
+
+
+def config_from_args(args: argparse.Namespace, num_processes: int) -> RunConfig:
+    """The run's config from the parsed flags; a flag left at ``None`` takes the default of the
+    model and guide (:func:`gallery.app.config.make_config`)."""
+    settings = {key: getattr(args, key) for key in (*WHERE, *OWN[1:]) if hasattr(args, key)}
+    settings |= {"progress": not args.no_progress, "num_processes": num_processes}
+    return make_config(args.model, **settings)
 
 
 def launch(argv: list[str], num_processes: int) -> int:
@@ -367,34 +298,3 @@ def without_num_processes(argv: list[str]) -> list[str]:
             continue
         kept.append(token)
     return kept
-
-
-def _render(result) -> dict[str, bytes]:
-    """Every output file as bytes, made before anything is written."""
-    from gallery.report.outputs import curve_png, metrics_bytes, params_bytes
-
-    metrics = result.metrics
-    elbo_trace = -result.svi.losses.double() / metrics["num_data"]
-    payloads = {
-        "metrics.json": metrics_bytes(metrics),
-        "params.pt": params_bytes(svi=result.svi_params, em=result.em.params, init=result.init_params),
-        "training_curve.png": curve_png(
-            elbo_trace,
-            result.em.log_likelihoods,
-            f"{metrics['model']} on {metrics['data']}, guide {metrics['guide']}",
-        ),
-    }
-    config = result.prepared.config
-    if config.arviz:
-        spec = MODELS[config.model]
-        payloads |= arviz_payloads(
-            spec.module.model,
-            result.guide,
-            result.prepared.data,
-            latent=spec.latent,
-            elbo_per_datum=elbo_trace,
-            num_draws=config.arviz_draws,
-            init=result.init_params,
-            **result.prepared.model_kwargs,
-        )
-    return payloads

@@ -1,7 +1,7 @@
 """``python -m gallery compare``: every model with every guide that fits it, one row each.
 
 For each row the fit is the one ``python -m gallery run MODEL --guide GUIDE`` makes (EM and SVI
-from the same start, :func:`gallery.app.runner.fit`; the VAE by :func:`gallery.app.vae_run.fit_vae`), and
+from the same start, :func:`gallery.app.pipeline.fit`, the one pipeline of every model), and
 the row splits log p(x) into the bound and its gap, per datum, at the SVI fit:
 
     log p(x) = ELBO(q) + KL(q || p(z | x))
@@ -35,12 +35,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from gallery.app.config import make_config
 from gallery.app.parsing import OneLineParser
-from gallery.app.runner import RunConfig, fit, prepare
-from gallery.app.vae_run import VAE_GUIDES, fit_vae, prepare_vae
+from gallery.app.pipeline import fit, prepare
+from gallery.app.vae_job import VAE_GUIDES
+from gallery.models import EM_MODELS
 from gallery.report.atomic import check_writable_folder, write_all_atomic
-from gallery.report.outputs import png_bytes
-from guides.registry import GUIDES, MODELS, check_guide
+from gallery.report.outputs import png_bytes, pyplot
+from guides.registry import GUIDES, check_guide
 from inference.evaluate import decompose
 
 PROG = "python -m gallery compare"
@@ -117,21 +119,19 @@ def plan(args: argparse.Namespace) -> list:
     settings = chosen_settings(args)
     common = dict(num_steps=settings.num_steps, device=args.device, seed=args.seed, progress=False)
     fits = []
-    for model in MODELS:
+    for model in EM_MODELS:
         for guide in GUIDES:
             try:
                 check_guide(model, guide)
             except ValueError:
                 continue  # amortised-full is for continuous z only
             # eval_particles=1: run's Monte Carlo ELBO is not used here; decompose gives it exactly
-            config = RunConfig(
-                model=model, guide=guide, em_iters=settings.em_iters, eval_particles=1, **common
-            )
+            config = make_config(model, guide=guide, em_iters=settings.em_iters, eval_particles=1, **common)
             fits.append(prepare(config))
     for guide in VAE_GUIDES:
         # every digit is fitted and evaluated, as every iris row is; no held-out split, no gaps
-        config = RunConfig(
-            model="vae",
+        config = make_config(
+            "vae",
             guide=guide,
             data="digits",
             eval_particles=settings.vae_particles,
@@ -139,7 +139,7 @@ def plan(args: argparse.Namespace) -> list:
             gap_rows=0,
             **common,
         )
-        fits.append(prepare_vae(config))
+        fits.append(prepare(config))
     return fits
 
 
@@ -152,7 +152,7 @@ def em_model_row(prepared) -> dict:
     start = time.perf_counter()
     config, data, kwargs = prepared.config, prepared.data, prepared.model_kwargs
     result = fit(prepared)
-    terms = decompose(result.guide, data, result.svi_params, init=result.init_params, **kwargs)
+    terms = decompose(result.guide, data, result.fitted.svi_params, init=result.fitted.init, **kwargs)
     label = f"{config.model} / {config.guide}"
     if not bool(torch.isfinite(terms.elbo).all() & torch.isfinite(terms.log_likelihood).all()):
         raise BoundViolation(f"{label}: non-finite ELBO or log p(x) at the SVI fit")
@@ -163,7 +163,7 @@ def em_model_row(prepared) -> dict:
     return {
         "model": config.model,
         "guide": config.guide,
-        "data": config.data,
+        "data": config.data.name,
         "num_data": metrics["num_data"],
         "elbo_per_datum": float(terms.elbo.mean()),
         "log_likelihood_per_datum": float(terms.log_likelihood.mean()),
@@ -171,7 +171,7 @@ def em_model_row(prepared) -> dict:
         "kl_per_datum": float(terms.kl.mean()),
         "log_likelihood_kind": "exact",
         "em_log_likelihood_per_datum": metrics["em_log_likelihood_per_datum"],
-        "steps": config.num_steps,
+        "steps": config.train.num_steps,
         "svi_seconds": metrics["svi_seconds"],
         "seconds": time.perf_counter() - start,
     }
@@ -180,7 +180,7 @@ def em_model_row(prepared) -> dict:
 def vae_row(prepared) -> dict:
     """Fit the VAE (`run vae`'s fit); log p(x) and ELBO are estimates from the same K samples."""
     start = time.perf_counter()
-    metrics = fit_vae(prepared, out=None).metrics  # no checkpoints: nothing written while fitting
+    metrics = fit(prepared).metrics  # no checkpoints: nothing written while fitting
     elbo, log_likelihood = metrics["elbo_per_datum"], metrics["log_likelihood_per_datum"]
     label = f"vae / {prepared.config.guide}"
     if not (math.isfinite(elbo) and math.isfinite(log_likelihood)):
@@ -192,7 +192,7 @@ def vae_row(prepared) -> dict:
     return {
         "model": "vae",
         "guide": prepared.config.guide,
-        "data": prepared.config.data,
+        "data": prepared.config.data.name,
         "num_data": metrics["num_data"],
         "elbo_per_datum": elbo,
         "log_likelihood_per_datum": log_likelihood,
@@ -277,11 +277,7 @@ def figure_png(rows: list[dict]) -> bytes:
     """One panel per model, one stacked bar per guide: the ELBO, then the gap on top of it up to
     log p(x), with EM's log p(x) as a dashed line. The axis is cut below the lowest ELBO, so a
     bar's height means nothing; its top segment, the gap, is the point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     models = list(dict.fromkeys(row["model"] for row in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 4.4), constrained_layout=True)
     for ax, model in zip(axes, models, strict=True):
@@ -343,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{model} / {prepared.config.guide}")
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                rows.append(vae_row(prepared) if model == "vae" else em_model_row(prepared))
+                rows.append(vae_row(prepared) if prepared.config.is_vae else em_model_row(prepared))
             notes |= {f"{model}: {warning.message}" for warning in caught}
     except BoundViolation as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

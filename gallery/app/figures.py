@@ -17,34 +17,25 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from gallery.app.parsing import OneLineParser  # noqa: E402
-from gallery.app.runner import check_device  # noqa: E402
-from gallery.data import datasets  # noqa: E402
-from gallery.report.atomic import check_writable_folder, write_all_atomic  # noqa: E402
-from gallery.report.figures.lecture import (  # noqa: E402
-    FILES,
-    Figure,
-    Settings,
-    decomposition_figure,
-    em_vs_svi_figure,
-    kl_figure,
-    vem_figure,
-)
-from gallery.report.figures.models import gmm_figure, linear_gaussian_figure, vae_figure_files  # noqa: E402
+from gallery.app.checks import check_device
+from gallery.app.parsing import OneLineParser
+from gallery.data import datasets
+from gallery.report.atomic import check_writable_folder, write_all_atomic
+from gallery.report.figures import FILES, Figure, Settings
 
 PROG = "python -m gallery figures"
 
 
 def make_figures(settings: Settings, progress: bool = True) -> list[Figure]:
-    """Fit everything and draw every figure, in memory; nothing is written."""
+    """Fit everything and draw every figure, in memory; nothing is written. The drawing modules
+    (and matplotlib) are imported here, not before."""
+    from gallery.report.figures import lecture, models
+    from gallery.report.outputs import pyplot
+
     iris = datasets.load("iris")
-    with plt.rc_context({"font.size": 9}), tqdm(total=7, desc="figures", disable=not progress) as bar:
+    with pyplot().rc_context({"font.size": 9}), tqdm(total=7, desc="figures", disable=not progress) as bar:
 
         def step(label: str, draw, *args):
             bar.set_postfix_str(label)
@@ -52,13 +43,13 @@ def make_figures(settings: Settings, progress: bool = True) -> list[Figure]:
             bar.update()
             return made
 
-        kl = step("KL", kl_figure, settings)
-        em_svi, ppca_fit = step("EM vs SVI", em_vs_svi_figure, settings, iris)
-        mixture = step("mixture", gmm_figure, settings, iris)
-        linear = step("FA and PPCA", linear_gaussian_figure, settings, iris)
-        vae = step("VAE", vae_figure_files, settings)
-        decomposition = step("decomposition", decomposition_figure, settings, ppca_fit)
-        vem = step("variational EM", vem_figure, settings, iris)
+        kl = step("KL", lecture.kl_figure, settings)
+        em_svi, ppca_fit = step("EM vs SVI", lecture.em_vs_svi_figure, settings, iris)
+        mixture = step("mixture", models.gmm_figure, settings, iris)
+        linear = step("FA and PPCA", models.linear_gaussian_figure, settings, iris)
+        vae = step("VAE", models.vae_figure_files, settings)
+        decomposition = step("decomposition", lecture.decomposition_figure, settings, ppca_fit)
+        vem = step("variational EM", lecture.vem_figure, settings, iris)
     return [kl, em_svi, mixture, linear, *vae, decomposition, vem]
 
 

@@ -19,7 +19,6 @@ import functools
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib
 
@@ -34,47 +33,17 @@ from torch import Tensor  # noqa: E402
 from gallery.data import datasets  # noqa: E402
 from gallery.models import factor_analysis, linear_gaussian, ppca  # noqa: E402
 from gallery.report import outputs  # noqa: E402
+from gallery.report.figures import FILES, Figure, Settings  # noqa: E402, F401
 from guides.registry import make_guide  # noqa: E402
 from inference.em import EMResult, em_linear_gaussian, ppca_max_log_likelihood  # noqa: E402
 from inference.evaluate import decompose, decomposition_terms, gaussian_kl  # noqa: E402
 from inference.svi import fit_svi  # noqa: E402
 from inference.vem import run_vem  # noqa: E402
 
-FILES = (
-    "kl_gaussians.png",
-    "em_vs_svi.png",
-    "gmm_ellipses.png",
-    "factor_analysis_ppca.png",
-    "vae_samples.png",
-    "vae_reconstructions.png",
-    "vae_latent.png",
-    "decomposition.png",
-    "vem.png",
-)
 IRIS_COLUMNS = ("sepal length", "sepal width", "petal length", "petal width")
 IRIS_SPECIES = ("setosa", "versicolor", "virginica")
 DECOMPOSITION_GUIDES = ("exact", "mean-field", "amortised", "amortised-full", "auto-normal")
 LATENT_DIM = 2  # p of factor analysis, PPCA and the VAE: every latent space is drawn directly
-
-
-@dataclass(frozen=True)
-class Settings:
-    num_steps: int  # SVI steps of every fit
-    em_iters: int  # at most, every EM fit
-    vae_eval_particles: int  # K of the VAE's importance-weighted log p(x)
-    kl_samples: int  # Monte Carlo samples per KL estimate
-    device: torch.device
-    seed: int
-    out: Path  # where the files go, and nothing else
-    command: str  # how to make these figures again, for index.md
-
-
-@dataclass(frozen=True)
-class Figure:
-    file: str
-    title: str
-    png: bytes
-    caption: str
 
 
 # Figures ---------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import torch  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from gallery.app.runner import RunConfig  # noqa: E402
 from gallery.data import datasets  # noqa: E402
 from gallery.models import factor_analysis, gmm, linear_gaussian, ppca  # noqa: E402
 from gallery.models.linear_gaussian import LinearGaussianParams  # noqa: E402
@@ -181,10 +180,11 @@ def linear_gaussian_figure(settings: Settings, iris: datasets.Dataset) -> Figure
 def vae_figure_files(settings: Settings) -> list[Figure]:
     """The VAE (p = 2, otherwise the ``run vae`` defaults) on the digits: generated examples,
     reconstructions of held-out digits, and the training digits' latent means by digit."""
-    from gallery.app.vae_run import fit_vae, prepare_vae
+    from gallery.app.config import make_config
+    from gallery.app.pipeline import fit, prepare
 
-    config = RunConfig(
-        model="vae",
+    config = make_config(
+        "vae",
         guide="amortised",
         data="digits",
         latent_dim=LATENT_DIM,
@@ -195,8 +195,8 @@ def vae_figure_files(settings: Settings) -> list[Figure]:
         seed=settings.seed,
         progress=False,
     )
-    prepared = prepare_vae(config)
-    result = fit_vae(prepared, settings.out)  # writes nothing there: no checkpoint is asked for
+    prepared = prepare(config)
+    result = fit(prepared, settings.out)  # writes nothing there: no checkpoint is asked for
     m, shape = result.metrics, prepared.image_shape
     fit = (
         f"the VAE (z in R^2, encoder and decoder MLPs with hidden sizes {','.join(map(str, m['hidden']))}, "
@@ -206,25 +206,26 @@ def vae_figure_files(settings: Settings) -> list[Figure]:
         f"nats per datum on them, {m['heldout_elbo_per_datum']:.2f} and "
         f"{m['heldout_log_likelihood_per_datum']:.2f} on the {m['num_heldout']} held out"
     )
-    means = vae_figures.latent_means(result.guide, prepared.train).double().cpu()
+    decoder = result.setup.model_kwargs["decoder"]
+    means = vae_figures.latent_means(result.guide, prepared.data).double().cpu()
     latent_title = f"VAE: latent means E_q[z|x] of the {m['num_data']} training digits"
     return [
         Figure(
             "vae_samples.png",
             "The VAE's generated examples",
-            vae_figures.samples_png(result.decoder, shape, seed=settings.seed),
+            vae_figures.samples_png(decoder, shape, seed=settings.seed),
             f"64 generated examples, the decoder's mean images f(z) for z ~ N(0, I), of {fit}.",
         ),
         Figure(
             "vae_reconstructions.png",
             "The VAE's reconstructions",
-            vae_figures.reconstructions_png(result.decoder, result.guide, prepared.heldout, shape),
+            vae_figures.reconstructions_png(decoder, result.guide, prepared.heldout, shape),
             f"16 held-out digits (top) above their reconstructions f(E_q[z|x]) (bottom), by {fit}.",
         ),
         Figure(
             "vae_latent.png",
             "The VAE's latent space",
-            vae_figures.labelled_latent_png(means, prepared.train_labels, latent_title),
+            vae_figures.labelled_latent_png(means, prepared.labels, latent_title),
             f"The encoder's means E_q[z|x] of the training digits, coloured by the digit they show "
             f"(the fit never sees the labels), for {fit}.",
         ),

@@ -118,17 +118,3 @@ def labelled_latent_png(means: Tensor, labels: Tensor, title: str, axis: str = "
     ax.legend(title="label", loc="center left", bbox_to_anchor=(1, 0.5), markerscale=3, fontsize=8)
     ax.grid(alpha=0.3)
     return png_bytes(fig)
-
-
-def curve_png(elbo_per_datum: Tensor, lines: dict[str, float], title: str) -> bytes:
-    """SVI's ELBO per step (minibatch estimates) with the final estimates as horizontal lines."""
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
-    ax.plot(elbo_per_datum.numpy(), lw=0.6, color="C0", label="ELBO per step (minibatch estimate)")
-    for i, (label, value) in enumerate(lines.items()):
-        ax.axhline(value, color=f"C{i + 1}", ls="--", lw=1, label=f"{label}: {value:.4f}")
-    low = float(torch.quantile(elbo_per_datum.float(), 0.05))
-    high = max([float(elbo_per_datum.max()), *lines.values()])
-    ax.set_ylim(low - 0.05 * abs(high - low), high + 0.05 * abs(high - low) + 1e-9)
-    ax.set(xlabel="SVI step", ylabel="nats per datum", title=title)
-    ax.legend(loc="lower right", fontsize=8)
-    return png_bytes(fig)
