@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import ModuleType
 
 import torch
@@ -91,31 +90,3 @@ def mean_field_at_e_step(
     return guides.MeanFieldNormal(
         num_data, init.latent_dim, init_loc=loc, init_scale=scale.expand_as(loc), name=name
     )
-
-
-# Compatibility ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """The old per-model record, for callers not yet on :data:`gallery.models.MODELS`."""
-
-    module: ModuleType
-
-    @property
-    def latent(self) -> str:
-        return self.module.LATENT
-
-    @property
-    def exact_guide(self) -> Callable:
-        return self.module.posterior_guide
-
-    @property
-    def fit_em(self) -> Callable:
-        """``inference.fit_em``: looked up when asked for, as guides sit below inference."""
-        from inference.em import fit_em  # noqa: PLC0415 (compatibility only; guides never need it)
-
-        return fit_em
-
-
-MODELS = {name: ModelSpec(module) for name, module in EM_MODELS.items()}  # use gallery.models.MODELS

@@ -14,6 +14,7 @@ quietly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from gallery.data import datasets
 from gallery.models import MODELS
 from gallery.models.vae import ACTIVATIONS, LIKELIHOODS
 from gallery.report.atomic import check_writable_folder, write_all_atomic
+from gallery.report.lock import output_lock
 from guides.registry import GUIDES
 from inference.distributed import DataParallel
 
@@ -242,23 +244,34 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return launch(without_num_processes(sys.argv[1:] if argv is None else argv), num_processes)
     parallel = DataParallel.from_environment(config.train.device) if launched > 1 else None
-    try:
-        check_writable_folder(out)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = fit(prepare(config), out, parallel=parallel)
-            if result is not None:
-                payloads, text = render(result), summary(result)
-    except ValueError as err:
-        rank = "" if parallel is None else f" (rank {parallel.rank} of {parallel.world_size})"
-        print(f"python -m gallery run{rank}: error: {err}", file=sys.stderr)
-        return 2
-    finally:
-        if parallel is not None:
-            parallel.close()
-    if result is None:  # a rank other than 0: rank 0 reports
-        return 0
-    write_all_atomic(out, payloads)
+    return run_here(config, out, parallel)
+
+
+def run_here(config: RunConfig, out: Path, parallel: DataParallel | None) -> int:
+    """``run`` in this process (one of ``parallel``'s ranks, or alone): check, fit and, on rank 0,
+    write the results into ``out``, which no other command may write into meanwhile
+    (:func:`gallery.report.lock.output_lock`, held by the writing rank)."""
+    with contextlib.ExitStack() as held:
+        try:
+            check_writable_folder(out)
+            prepared = prepare(config)
+            if parallel is None or parallel.is_root:
+                held.enter_context(output_lock(out))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = fit(prepared, out, parallel=parallel)
+                if result is not None:
+                    payloads, text = render(result), summary(result)
+        except ValueError as err:
+            rank = "" if parallel is None else f" (rank {parallel.rank} of {parallel.world_size})"
+            print(f"python -m gallery run{rank}: error: {err}", file=sys.stderr)
+            return 2
+        finally:
+            if parallel is not None:
+                parallel.close()
+        if result is None:  # a rank other than 0: rank 0 reports
+            return 0
+        write_all_atomic(out, payloads)
     print(text)
     for warning in {str(w.message) for w in caught}:
         print(f"note: {warning}")

@@ -23,7 +23,7 @@ from gallery.app.checks import check_device
 from gallery.app.parsing import OneLineParser
 from gallery.data import datasets
 from gallery.report.atomic import check_writable_folder, write_all_atomic
-from gallery.report.figures import FILES, Figure, Settings
+from gallery.report.figures import FILES, LATENT_DIM, Figure, Settings
 
 PROG = "python -m gallery figures"
 
@@ -47,10 +47,32 @@ def make_figures(settings: Settings, progress: bool = True) -> list[Figure]:
         em_svi, ppca_fit = step("EM vs SVI", lecture.em_vs_svi_figure, settings, iris)
         mixture = step("mixture", models.gmm_figure, settings, iris)
         linear = step("FA and PPCA", models.linear_gaussian_figure, settings, iris)
-        vae = step("VAE", models.vae_figure_files, settings)
+        vae = step("VAE", lambda: models.vae_figure_files(settings, *fit_vae(settings)))
         decomposition = step("decomposition", lecture.decomposition_figure, settings, ppca_fit)
         vem = step("variational EM", lecture.vem_figure, settings, iris)
     return [kl, em_svi, mixture, linear, *vae, decomposition, vem]
+
+
+def fit_vae(settings: Settings):
+    """The VAE of the figures (p = 2, otherwise the ``run vae`` defaults) on the digits, fitted
+    by the run pipeline; returns its result and prepared data."""
+    from gallery.app.config import make_config
+    from gallery.app.pipeline import fit, prepare
+
+    config = make_config(
+        "vae",
+        guide="amortised",
+        data="digits",
+        latent_dim=LATENT_DIM,
+        num_steps=settings.num_steps,
+        eval_particles=settings.vae_eval_particles,
+        gap_rows=0,
+        device=str(settings.device),
+        seed=settings.seed,
+        progress=False,
+    )
+    prepared = prepare(config)
+    return fit(prepared, settings.out), prepared  # writes nothing there: no checkpoint is asked for
 
 
 def index_markdown(figures: list[Figure], settings: Settings, seconds: float) -> bytes:

@@ -32,7 +32,8 @@ def stage(folder: Path, name: str, payload: bytes) -> Path:
 
 def write_atomic(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` by a temporary file in the same folder and a rename; the
-    temporary files of ``path`` that a killed writer left behind are removed after it."""
+    temporary files of ``path`` that a killed writer left behind are removed first (never a
+    live process's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent, path.name)
@@ -42,8 +43,6 @@ def write_atomic(path: Path, payload: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(folder: Path, name: str) -> None:

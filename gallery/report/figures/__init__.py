@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+LATENT_DIM = 2  # p of factor analysis, PPCA and the VAE: every latent space is drawn directly
+
 FILES = (
     "kl_gaussians.png",
     "em_vs_svi.png",
@@ -43,4 +45,4 @@ class Figure:
     caption: str
 
 
-__all__ = ["FILES", "Figure", "Settings"]
+__all__ = ["FILES", "LATENT_DIM", "Figure", "Settings"]

@@ -33,7 +33,7 @@ from torch import Tensor  # noqa: E402
 from gallery.data import datasets  # noqa: E402
 from gallery.models import factor_analysis, linear_gaussian, ppca  # noqa: E402
 from gallery.report import outputs  # noqa: E402
-from gallery.report.figures import FILES, Figure, Settings  # noqa: E402, F401
+from gallery.report.figures import FILES, LATENT_DIM, Figure, Settings  # noqa: E402, F401
 from guides.registry import make_guide  # noqa: E402
 from inference.em import EMResult, em_linear_gaussian, ppca_max_log_likelihood  # noqa: E402
 from inference.evaluate import decompose, decomposition_terms, gaussian_kl  # noqa: E402
@@ -43,7 +43,6 @@ from inference.vem import run_vem  # noqa: E402
 IRIS_COLUMNS = ("sepal length", "sepal width", "petal length", "petal width")
 IRIS_SPECIES = ("setosa", "versicolor", "virginica")
 DECOMPOSITION_GUIDES = ("exact", "mean-field", "amortised", "amortised-full", "auto-normal")
-LATENT_DIM = 2  # p of factor analysis, PPCA and the VAE: every latent space is drawn directly
 
 
 # Figures ---------------------------------------------------------------------------------------

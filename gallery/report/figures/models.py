@@ -177,26 +177,10 @@ def linear_gaussian_figure(settings: Settings, iris: datasets.Dataset) -> Figure
     return Figure("factor_analysis_ppca.png", "Factor analysis and PPCA", png_bytes(fig), caption)
 
 
-def vae_figure_files(settings: Settings) -> list[Figure]:
-    """The VAE (p = 2, otherwise the ``run vae`` defaults) on the digits: generated examples,
-    reconstructions of held-out digits, and the training digits' latent means by digit."""
-    from gallery.app.config import make_config
-    from gallery.app.pipeline import fit, prepare
-
-    config = make_config(
-        "vae",
-        guide="amortised",
-        data="digits",
-        latent_dim=LATENT_DIM,
-        num_steps=settings.num_steps,
-        eval_particles=settings.vae_eval_particles,
-        gap_rows=0,
-        device=str(settings.device),
-        seed=settings.seed,
-        progress=False,
-    )
-    prepared = prepare(config)
-    result = fit(prepared, settings.out)  # writes nothing there: no checkpoint is asked for
+def vae_figure_files(settings: Settings, result, prepared) -> list[Figure]:
+    """The VAE's generated examples, reconstructions of held-out digits, and the training digits'
+    latent means by digit, from a ``run vae`` ``result`` fitted on ``prepared`` (the app's
+    figures job fits it)."""
     m, shape = result.metrics, prepared.image_shape
     fit = (
         f"the VAE (z in R^2, encoder and decoder MLPs with hidden sizes {','.join(map(str, m['hidden']))}, "
