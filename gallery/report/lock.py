@@ -12,6 +12,7 @@ with ``flock`` (Linux, macOS); on one without, the command is refused with the r
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sys
@@ -26,9 +27,10 @@ LOCK_NAME = ".lock"
 
 @contextmanager
 def output_lock(folder: Path, flag: str = "--out") -> Iterator[None]:
-    """Hold the lock on ``folder`` (created if missing) for the ``with`` block; raises
-    ``ValueError`` in one line naming the process that holds it."""
+    """Hold the lock on ``folder`` for the ``with`` block; raises ``ValueError`` in one line naming
+    the process that holds it. A folder created here is removed again if the block left it empty."""
     folder = Path(folder)
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -45,6 +47,9 @@ def output_lock(folder: Path, flag: str = "--out") -> Iterator[None]:
     finally:
         Path(path).unlink(missing_ok=True)  # still held: no one else can be using this file
         os.close(fd)
+        if created:  # a command that wrote nothing leaves no folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
 
 
 def _acquire(path: Path, flag: str) -> int:

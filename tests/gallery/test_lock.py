@@ -67,15 +67,20 @@ def test_acquired_after_the_holder_is_killed(holder, tmp_path):
     assert not (tmp_path / "out" / LOCK_NAME).exists()
 
 
-def test_lock_is_released_on_error_and_the_folder_created(tmp_path):
+def test_lock_is_released_on_error_and_a_folder_it_created_is_removed_if_empty(tmp_path):
     out = tmp_path / "new" / "out"
     with pytest.raises(RuntimeError):
         with output_lock(out):
             assert out.is_dir()
             raise RuntimeError("boom")
+    assert not out.exists()  # a command that wrote nothing leaves no folder behind
+    out.mkdir()
     with output_lock(out):
         pass
-    assert list(out.iterdir()) == []
+    assert out.is_dir() and list(out.iterdir()) == []  # a folder that was there stays
+    with output_lock(out):
+        (out / "metrics.json").write_text("{}")
+    assert [p.name for p in out.iterdir()] == ["metrics.json"]
 
 
 def test_inside_a_file_is_one_line(tmp_path):

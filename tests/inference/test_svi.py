@@ -208,7 +208,9 @@ def test_minibatch_rows_match_between_model_and_guide():
     exact_loc, scale_tril = factor_analysis.linear_gaussian.posterior(data, truth)
     precision = torch.cholesky_inverse(scale_tril.T.contiguous(), upper=True)  # (L L^T)^{-1}
     best_scale = precision.diagonal().rsqrt()
-    loc, scale = _fit_local_posterior(guides.MeanFieldNormal(200, 2), data, truth, batch_size=20)
+    loc, scale = _fit_local_posterior(
+        guides.MeanFieldNormal(200, 2, name="mean_field"), data, truth, batch_size=20
+    )
     assert (loc - exact_loc).abs().mean() < 0.02
     torch.testing.assert_close(scale, best_scale.expand_as(scale), rtol=0.05, atol=0)
     pyro.clear_param_store()
