@@ -8,15 +8,16 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def blocks() -> list[str]:
-    found = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(found) == 2
-    return found
+def block(marker: str) -> str:
+    """The README's one Python block that contains ``marker``."""
+    found = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S) if marker in b]
+    assert len(found) == 1, marker
+    return found[0]
 
 
 def test_readme_python_example_runs():
     scope: dict = {}
-    exec(compile(blocks()[0], "README.md", "exec"), scope)  # noqa: S102
+    exec(compile(block("decompose("), "README.md", "exec"), scope)  # noqa: S102
     terms, em = scope["terms"], scope["em"]
     assert terms.kl.abs().max() < 1e-6  # the exact guide: no gap
     assert abs(float(terms.log_likelihood.mean()) - float(em.log_likelihoods[-1])) < 1e-3
@@ -24,7 +25,15 @@ def test_readme_python_example_runs():
 
 def test_readme_vae_example_runs(capsys):
     scope: dict = {}
-    exec(compile(blocks()[1], "README.md", "exec"), scope)  # noqa: S102
+    exec(compile(block("importance_estimate("), "README.md", "exec"), scope)  # noqa: S102
     estimate = scope["estimate"]
     assert estimate.log_likelihood.shape == (1797,)
     assert float(estimate.log_likelihood.mean()) >= float(estimate.elbo.mean())  # as printed
+
+
+def test_readme_two_models_in_one_session_example_runs():
+    """Factor analysis then PPCA without clearing the param store: each keeps its own noise."""
+    scope: dict = {}
+    exec(compile(block("for module in (factor_analysis, ppca)"), "README.md", "exec"), scope)  # noqa: S102
+    assert scope["fa"].noise_variance.shape == (4,)
+    assert scope["pp"].noise_variance.shape == ()
