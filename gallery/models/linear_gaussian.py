@@ -77,6 +77,21 @@ class LinearGaussianParams:
             noise_variance=self.noise_variance.to(*args, **kwargs),
         )
 
+    def float(self) -> LinearGaussianParams:
+        return self.to(torch.float32)
+
+    def double(self) -> LinearGaussianParams:
+        return self.to(torch.float64)
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """The tensors by field name: ``loc``, ``loading``, ``noise_variance``."""
+        return {"loc": self.loc, "loading": self.loading, "noise_variance": self.noise_variance}
+
+    @classmethod
+    def from_dict(cls, tensors: dict[str, Tensor]) -> LinearGaussianParams:
+        """The parameters :meth:`as_dict` gave."""
+        return cls(**tensors)
+
 
 def check_latent_dim(latent_dim: int, obs_dim: int) -> None:
     if not 1 <= latent_dim < obs_dim:

@@ -76,6 +76,22 @@ class GMMParams:
             scale=move(self.scale),
         )
 
+    def float(self) -> GMMParams:
+        return self.to(torch.float32)
+
+    def double(self) -> GMMParams:
+        return self.to(torch.float64)
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """The tensors by field name (``scale_tril`` or ``scale``, whichever is set)."""
+        names = ("weights", "loc", "scale_tril", "scale")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    @classmethod
+    def from_dict(cls, tensors: dict[str, Tensor]) -> GMMParams:
+        """The parameters :meth:`as_dict` gave."""
+        return cls(**tensors)
+
 
 def init_params(
     data: Tensor,
