@@ -153,7 +153,7 @@ def test_every_api_input_fits_or_raises_value_error(array, model, size):
             kwargs = {"num_components": size, "init": init}
             fitted = fit_svi(gmm.model, guides.gmm_posterior, data, num_steps=3, progress=False, **kwargs)
         elif model == "vae":
-            decoder = vae.Decoder(size, data.shape[-1] if data.dim() else 1, hidden=(4,)).double()
+            decoder = vae.Decoder(data.shape[-1] if data.dim() else 1, size, hidden=(4,)).double()
             guide = guides.MeanFieldNormal(len(data) if data.dim() else 1, size)
             fitted = fit_svi(vae.model, guide, data, num_steps=3, progress=False, decoder=decoder)
         else:

@@ -271,8 +271,8 @@ def _plain(settings: dict) -> dict:
 
 def _decoder(settings: dict, obs_dim: int) -> vae.Decoder:
     decoder = vae.Decoder(
-        settings["latent_dim"],
         obs_dim,
+        settings["latent_dim"],
         hidden=tuple(settings["hidden"]),
         activation=settings["activation"],
         likelihood=settings["likelihood"],
@@ -287,7 +287,7 @@ def _encoder(settings: dict, obs_dim: int, name: str) -> guides.AmortisedNormal:
         settings["latent_dim"],
         hidden=tuple(settings["hidden"]),
         covariance="full" if settings["guide"] == "amortised-full" else "diag",
-        activation=vae.ACTIVATIONS[settings["activation"]],
+        activation=settings["activation"],
         name=name,
     )
     return encoder.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])

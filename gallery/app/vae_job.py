@@ -131,8 +131,8 @@ def build_decoder(config: RunConfig, train: Tensor) -> vae.Decoder:
     """The decoder, its output bias at the data mean (Gaussian) or its logit (Bernoulli)."""
     settings = config.vae
     decoder = vae.Decoder(
-        config.latent_dim,
         train.shape[1],
+        config.latent_dim,
         hidden=config.hidden,
         activation=settings.activation,
         likelihood=settings.likelihood,
@@ -155,7 +155,7 @@ def build_guide(config: RunConfig, train: Tensor):
         config.latent_dim,
         hidden=config.hidden,
         covariance="full" if config.guide == "amortised-full" else "diag",
-        activation=vae.ACTIVATIONS[config.vae.activation],
+        activation=config.vae.activation,
         **guides.input_scaling(train),
     )
     return encoder.to(device=train.device, dtype=train.dtype)

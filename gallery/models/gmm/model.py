@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from gallery.data.checks import check_data
-from gallery.models.common import claim, data_plate, fresh, release, resolve_device, resolve_sizes
+from gallery.models.common import check_init, claim, data_plate, fresh, release, resolve_device, resolve_sizes
 
 COVARIANCE_TYPES = ("full", "diag")
 PREFIX = "gmm"  # the default name= of the sites: gmm.weights, gmm.loc, ...
@@ -180,6 +180,7 @@ def global_params(
     Shared by the model and the exact guide so that both read the same sites."""
     _check_covariance_type(covariance_type)
     if init is not None:
+        check_init(init.loc, data)
         claim(name, init)
 
     @functools.cache
