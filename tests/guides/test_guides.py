@@ -205,3 +205,28 @@ def test_networks_follow_float64_data_under_stock_svi(build):
     losses = [svi.step(data, **kwargs) for _ in range(5)]
     assert all(math.isfinite(loss) for loss in losses)
     assert next(guide.parameters()).dtype == torch.float64
+
+
+def test_mean_field_guides_start_at_the_e_step():
+    """at_e_step starts q at the model's best factorised q for the initial parameters."""
+    data = load("iris").data
+    init = gmm.init_params(data, 3, generator=torch.Generator().manual_seed(0))
+    guide = guides.MeanFieldCategorical.at_e_step(data, init)
+    assert torch.equal(guide.init_logits, gmm.mean_field_posterior(data, init))
+    start = ppca.init_params(data, 2, generator=torch.Generator().manual_seed(0))
+    normal = guides.MeanFieldNormal.at_e_step(data, start, model=ppca)
+    loc, scale = ppca.mean_field_posterior(data, start)
+    assert torch.equal(normal.init_loc, loc) and torch.equal(normal.init_scale, scale.expand_as(loc))
+    with pytest.raises(ValueError, match="continuous z"):
+        guides.MeanFieldNormal.at_e_step(data, init)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda d: gmm.init_params(d, 3), lambda d: factor_analysis.init_params(d, 2)]
+)
+def test_params_round_trip_through_dicts(make):
+    params = make(load("iris").data)
+    again = type(params).from_dict(params.as_dict())
+    pairs = zip(params.as_dict().values(), again.as_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert params.float().loc.dtype == torch.float32 and params.float().double().loc.dtype == torch.float64
