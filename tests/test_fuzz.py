@@ -207,11 +207,10 @@ def test_sizes_at_their_limits_fit_or_exit_2(
 
 
 def test_report_how_many_cases_ran(capsys):
-    """Prints the fuzzing tally (run with -s to see it)."""
-    with capsys.disabled():
-        print(f"\nfuzzed command lines: {len(CASES)}; exit 0: {sum(c.startswith('0') for c in CASES)}")
-        if os.environ.get("FUZZ_VERBOSE"):
-            print("\n".join(sorted(CASES)))
+    """Prints the fuzzing tally into the captured output: shown with -s, or when a test fails."""
+    print(f"\nfuzzed command lines: {len(CASES)}; exit 0: {sum(c.startswith('0') for c in CASES)}")
+    if os.environ.get("FUZZ_VERBOSE"):
+        print("\n".join(sorted(CASES)))
     assert len(CASES) in (0, MAX_EXAMPLES + MAX_EXAMPLES // 2)  # none when run alone
 
 
