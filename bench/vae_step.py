@@ -61,10 +61,10 @@ def build_vae(args, data: Tensor) -> tuple[vae.Decoder, AmortisedNormal]:
     """The library's decoder and amortised guide, from the seed alone (every variant starts alike)."""
     torch.manual_seed(args.seed)
     decoder = vae.Decoder(
-        args.latent_dim, args.obs_dim, hidden=(args.hidden,), activation="relu", likelihood=args.likelihood
+        args.obs_dim, args.latent_dim, hidden=(args.hidden,), activation="relu", likelihood=args.likelihood
     )
     guide = AmortisedNormal(
-        args.obs_dim, args.latent_dim, hidden=(args.hidden,), activation=nn.ReLU, covariance="diag"
+        args.obs_dim, args.latent_dim, hidden=(args.hidden,), activation="relu", covariance="diag"
     )
     return decoder.to(data), guide.to(data)
 

@@ -8,6 +8,9 @@ The network is registered with ``pyro.module`` under the guide's ``name`` (defau
 another's place. The network's weights are shared by all data points, so the number of variational parameters
 does not grow with N, and a new x gets its q from one forward pass.
 
+The weights follow the data: built as torch builds them (float32, CPU), they move to the dtype
+and device of the data on the first call, and a later mismatch is refused.
+
 The network reads x standardised by fixed ``input_loc`` and ``input_scale`` (d,), set from the
 training data. Without it an affine encoder on data far from 0 (iris in cm, digits in 0-16) is
 badly conditioned: its bias and weights move together, and on PPCA SVI stalled near the p = 1
@@ -27,7 +30,7 @@ from torch.distributions import Transform, constraints
 from torch.nn.functional import softplus
 
 from gallery.models.common import claim, data_plate, free_name
-from gallery.models.networks import mlp
+from gallery.models.networks import follow_data, mlp
 
 COVARIANCES = ("diag", "full")
 
@@ -115,12 +118,7 @@ class _Amortised(nn.Module):
     ) -> None:
         if data is None:
             raise ValueError(f"{type(self).__name__} needs the data (N, D) to encode; pass data=")
-        weight = next(self.parameters())
-        if data.dtype != weight.dtype or data.device != weight.device:
-            raise ValueError(
-                f"{type(self).__name__} has {weight.dtype} weights on {weight.device} but the data is "
-                f"{data.dtype} on {data.device}; call guide.to(device=..., dtype=...) first"
-            )
+        follow_data(self, data)  # on its first call; a later mismatch is refused
         pyro.module(self._prefix(), self)
         with data_plate(data.shape[0], subsample, subsample_size, data.device) as ind:
             self._sample(data[ind])
@@ -138,6 +136,7 @@ class AmortisedNormal(_Amortised):
         to represent the exact posterior of factor analysis and PPCA (with ``covariance="full"``).
     :param covariance: ``"diag"`` (softplus of p outputs) or ``"full"`` (p(p+1)/2 outputs filling
         a lower-triangular scale_tril with a softplus diagonal).
+    :param activation: between hidden layers, a key of :data:`gallery.models.networks.ACTIVATIONS`.
     :param input_loc, input_scale: (d,) the network reads (x - input_loc) / input_scale; use the
         training data's mean and standard deviation (:func:`input_scaling`). Default 0 and 1.
     :param name: the ``pyro.module`` name; default a fresh ``amortised_normal.<i>`` on first use.
@@ -152,7 +151,7 @@ class AmortisedNormal(_Amortised):
         *,
         hidden: Sequence[int] = (),
         covariance: str = "diag",
-        activation: type[nn.Module] = nn.Tanh,
+        activation: str = "tanh",
         input_loc: Tensor | None = None,
         input_scale: Tensor | None = None,
         name: str | None = None,
@@ -194,6 +193,7 @@ class AmortisedCategorical(_Amortised):
     :param obs_dim: d.
     :param num_components: K.
     :param hidden: hidden layer sizes; ``()`` is multinomial logistic regression on x.
+    :param activation: as for :class:`AmortisedNormal`.
     :param input_loc, input_scale: (d,) as for :class:`AmortisedNormal`.
     :param name: the ``pyro.module`` name; default a fresh ``amortised_categorical.<i>`` on first use.
     """
@@ -206,7 +206,7 @@ class AmortisedCategorical(_Amortised):
         num_components: int,
         *,
         hidden: Sequence[int] = (),
-        activation: type[nn.Module] = nn.Tanh,
+        activation: str = "tanh",
         input_loc: Tensor | None = None,
         input_scale: Tensor | None = None,
         name: str | None = None,

@@ -77,16 +77,9 @@ def make_guide(
 def mean_field_at_e_step(
     module: ModuleType, data: torch.Tensor, init, *, name: str | None = None
 ) -> Callable:
-    """A mean-field guide starting where EM's first E-step starts: at the model's best
-    factorised q for the initial parameters (``module.mean_field_posterior``): for the mixture
-    the log responsibilities, for z the posterior means with variances 1 / Lambda_ii. A uniform
-    start instead lets all components drift to the data mean first."""
+    """A mean-field guide starting where EM's first E-step starts (the guides' ``at_e_step``): at
+    the model's best factorised q for the initial parameters. A uniform start instead lets all
+    components drift to the data mean first."""
     module = getattr(module, "module", module)  # a ModelSpec, as before
-    num_data, init = data.shape[0], init.to(data.dtype)
-    if module.LATENT == "c":
-        logits = module.mean_field_posterior(data, init)  # (N, K), used as is: no exp/log round trip
-        return guides.MeanFieldCategorical(num_data, init.num_components, init_logits=logits, name=name)
-    loc, scale = module.mean_field_posterior(data, init)  # (N, p), (p,)
-    return guides.MeanFieldNormal(
-        num_data, init.latent_dim, init_loc=loc, init_scale=scale.expand_as(loc), name=name
-    )
+    family = guides.MeanFieldCategorical if module.LATENT == "c" else guides.MeanFieldNormal
+    return family.at_e_step(data, init, model=module, name=name)

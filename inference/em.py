@@ -62,7 +62,7 @@ def run_em(
     stats, log_lik = e_step(data, params)
     history = [log_lik]
     converged = False
-    for _ in tqdm(range(max_iters), desc="EM", disable=not progress, leave=False):
+    for _ in tqdm(range(max_iters), desc="EM", disable=None if progress else True, leave=False):
         params = m_step(data, stats)
         stats, log_lik = e_step(data, params)
         history.append(log_lik)

@@ -239,7 +239,8 @@ def _train(
     log_every = max(1, num_steps // 20)
     show = progress and (run.parallel is None or run.parallel.is_root)
     with pyro.validation_enabled(False):  # argument checks would sync with the host every step
-        bar = tqdm(range(run.start_step, num_steps), desc="SVI", disable=not show, leave=False)
+        hide = None if show else True  # None: tqdm shows the bar on a terminal only
+        bar = tqdm(range(run.start_step, num_steps), desc="SVI", disable=hide, leave=False)
         for t in bar:
             try:
                 losses[t] = step(subsample)

@@ -128,7 +128,7 @@ def run_vem(
     log_liks = [log_likelihood(data, params).mean()]
     elbos = [free_energy(data, q, params).mean()]
     converged = False
-    for _ in tqdm(range(max_iters), desc="VEM", disable=not progress, leave=False):
+    for _ in tqdm(range(max_iters), desc="VEM", disable=None if progress else True, leave=False):
         params = vem_m_step(data, q, params, reg_covar=reg_covar, tol=m_step_tol)
         elbos.append(free_energy(data, q, params).mean())
         q = vem_e_step(data, params, family)

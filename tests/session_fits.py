@@ -59,7 +59,7 @@ def factor_analysis_other() -> dict[str, torch.Tensor]:
 def _vae(hidden: tuple[int, ...]) -> dict[str, torch.Tensor]:
     pyro.set_rng_seed(0)
     data = load("digits").data.float()[:100] / 16
-    decoder = vae.Decoder(2, 64, hidden=hidden)
+    decoder = vae.Decoder(64, 2, hidden=hidden)
     encoder = guides.AmortisedNormal(64, 2, hidden=hidden, **guides.input_scaling(data))
     result = fit_svi(vae.model, encoder, data, num_steps=50, lr=0.01, progress=False, decoder=decoder)
     state = {f"decoder.{k}": v for k, v in decoder.state_dict().items()}

@@ -332,7 +332,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     rows, notes = [], set()
-    bar = tqdm(fits, desc="compare", unit="fit", disable=args.no_progress)
+    hide = True if args.no_progress else None  # None: tqdm shows the bar on a terminal only
+    bar = tqdm(fits, desc="compare", unit="fit", disable=hide)
     try:
         for prepared in bar:
             model = prepared.config.model

@@ -36,8 +36,9 @@ class EMFit:
     init: object  # that start
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Load, check, and transform the data as asked; raises ``ValueError`` with what to change."""
+def prepare(config: RunConfig, dataset: datasets.Dataset | None = None) -> Prepared:
+    """Load (or take ``dataset``), check, and transform the data as asked; raises ``ValueError``
+    with what to change."""
     check_guide(config.model, config.guide)
     train = config.train
     counts = {"eval_particles": train.eval_particles, "components": config.components}
@@ -46,7 +47,7 @@ def prepare(config: RunConfig) -> Prepared:
         raise ValueError(f"--em-iters must be at least 0, got {config.em.max_iters}")
     if not (math.isfinite(config.em.tol) and config.em.tol >= 0):
         raise ValueError(f"--em-tol must be a number >= 0, got {config.em.tol}")
-    data, labels, stats, steps = _load(config, device)
+    data, labels, stats, steps = _load(config, device, dataset)
     num_data, obs_dim = data.shape
     if train.batch_size is not None and not 1 <= train.batch_size <= num_data:
         raise ValueError(f"--batch-size {train.batch_size} must be between 1 and the {num_data} rows")
@@ -62,10 +63,12 @@ def prepare(config: RunConfig) -> Prepared:
     return Prepared(config, data, labels, "+".join(steps) or "none", model_kwargs, moments=stats)
 
 
-def _load(config: RunConfig, device: torch.device):
+def _load(config: RunConfig, device: torch.device, dataset: datasets.Dataset | None = None):
     """The data (N, D), in memory or mapped, its labels, its moments and the steps taken."""
     source = config.data
-    if source.stream:
+    if dataset is not None:
+        data, labels, name = dataset.data, dataset.labels, "data"
+    elif source.stream:
         data, labels = mapped.open_npy(source.name, device, config.torch_dtype), None
         name = f"data in {source.name!r}"
     else:
@@ -129,7 +132,6 @@ def setup(prepared: Prepared, parallel=None) -> Setup:
     size = config.components if config.model == "gmm" else config.latent_dim
     options = {"covariance_type": config.covariance_type} if config.model == "gmm" else {}
     init = module.init_params(sample, size, generator=generator, **options)
-    pyro.clear_param_store()
     streamed = config.data.stream
     guide = make_guide(
         config.model,

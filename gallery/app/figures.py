@@ -35,7 +35,8 @@ def make_figures(settings: Settings, progress: bool = True) -> list[Figure]:
     from gallery.report.outputs import pyplot
 
     iris = datasets.load("iris")
-    with pyplot().rc_context({"font.size": 9}), tqdm(total=7, desc="figures", disable=not progress) as bar:
+    hide = None if progress else True  # None: tqdm shows the bar on a terminal only
+    with pyplot().rc_context({"font.size": 9}), tqdm(total=7, desc="figures", disable=hide) as bar:
 
         def step(label: str, draw, *args):
             bar.set_postfix_str(label)

@@ -27,6 +27,7 @@ from gallery.app import em_job, vae_job
 from gallery.app.config import RunConfig, flat
 from gallery.app.metrics import Header, Training, metrics_dict
 from gallery.app.stages import Evaluated, Prepared, RunResult, Setup, elbo_trace
+from gallery.data import Dataset
 from inference.checkpoint import Checkpointing
 from inference.distributed import DataParallel
 from inference.svi import fit_svi
@@ -39,9 +40,11 @@ def job(config: RunConfig):
     return JOBS["vae" if config.is_vae else "em"]
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Load and check everything; raises ``ValueError`` with what to change."""
-    return job(config).prepare(config)
+def prepare(config: RunConfig, dataset: Dataset | None = None) -> Prepared:
+    """Load and check everything; raises ``ValueError`` with what to change. ``dataset``: rows
+    already in memory (:func:`gallery.fit` on a tensor or array), used in place of loading
+    ``config.data.name``."""
+    return job(config).prepare(config, dataset)
 
 
 def fit(

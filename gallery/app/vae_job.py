@@ -32,8 +32,9 @@ from inference.svi import SVIResult
 VAE_GUIDES = ("amortised", "amortised-full", "mean-field")
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Load, scale, check and split the data; raises ``ValueError`` with what to change."""
+def prepare(config: RunConfig, dataset: datasets.Dataset | None = None) -> Prepared:
+    """Load (or take ``dataset``), scale, check and split the data; raises ``ValueError`` with
+    what to change."""
     if config.data.stream:
         raise ValueError(
             "--stream is for gmm, factor-analysis and ppca; the vae reads its data into memory "
@@ -45,7 +46,7 @@ def prepare(config: RunConfig) -> Prepared:
         )
     device = check_settings(config, {"latent_dim": config.latent_dim, "gap_steps": config.vae.gap_steps})
     _check_vae_settings(config)
-    data, labels, image_shape, steps = _load(config)
+    data, labels, image_shape, steps = _load(config, dataset)
     num_data, obs_dim = data.shape
     if config.latent_dim >= obs_dim and config.vae.decoder == "linear":
         raise ValueError(
@@ -100,15 +101,15 @@ def _check_vae_settings(config: RunConfig) -> None:
         )
 
 
-def _load(config: RunConfig):
+def _load(config: RunConfig, dataset: datasets.Dataset | None = None):
     """The data (N, D) scaled to [0, 1] for images (and binarised when asked), its labels, the
     image shape and the steps taken."""
     source = config.data
-    if source.name == "mnist":
+    if dataset is None and source.name == "mnist":
         if source.data_dir is None:
             raise ValueError("--data mnist needs --data-dir DIR, a folder with MNIST in torchvision's layout")
         dataset = datasets.load_mnist(source.data_dir)
-    else:
+    elif dataset is None:
         dataset = datasets.load(source.name)
     data, steps = dataset.data, []
     if source.name in ("digits", "mnist"):
@@ -130,8 +131,8 @@ def build_decoder(config: RunConfig, train: Tensor) -> vae.Decoder:
     """The decoder, its output bias at the data mean (Gaussian) or its logit (Bernoulli)."""
     settings = config.vae
     decoder = vae.Decoder(
-        config.latent_dim,
         train.shape[1],
+        config.latent_dim,
         hidden=config.hidden,
         activation=settings.activation,
         likelihood=settings.likelihood,
@@ -154,7 +155,7 @@ def build_guide(config: RunConfig, train: Tensor):
         config.latent_dim,
         hidden=config.hidden,
         covariance="full" if config.guide == "amortised-full" else "diag",
-        activation=vae.ACTIVATIONS[config.vae.activation],
+        activation=config.vae.activation,
         **guides.input_scaling(train),
     )
     return encoder.to(device=train.device, dtype=train.dtype)
@@ -164,7 +165,6 @@ def setup(prepared: Prepared, parallel=None) -> Setup:
     """Decoder and guide from the seed; on rank 0 the importance estimate at the start."""
     config, train = prepared.config, prepared.data
     start, stop = (0, train.shape[0]) if parallel is None else parallel.shard(train.shape[0])
-    pyro.clear_param_store()
     pyro.set_rng_seed(config.train.seed)  # the networks are initialised from the global generator
     decoder = build_decoder(config, train)
     guide = build_guide(config, train)

@@ -70,6 +70,16 @@ def same_device(first: torch.device | str, second: torch.device | str) -> bool:
     return index(first) == index(second)
 
 
+def check_init(init_tensor: Tensor, data: Tensor | None) -> None:
+    """Refuse an ``init`` in another dtype or on another device than the data, in one line."""
+    if data is None or (init_tensor.dtype == data.dtype and same_device(init_tensor.device, data.device)):
+        return
+    raise ValueError(
+        f"init is {init_tensor.dtype} on {init_tensor.device} but the data is {data.dtype} on "
+        f"{data.device}; pass init.to(data.dtype) (or .to(data.device))"
+    )
+
+
 def fresh(tensor: Tensor) -> Tensor:
     """A detached copy for Pyro's param store, which would otherwise adopt the caller's ``init``
     tensor itself as the parameter and train it in place."""

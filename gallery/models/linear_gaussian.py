@@ -33,6 +33,7 @@ from torch.distributions import constraints
 from gallery.data.checks import check_data
 from gallery.data.mapped import MappedRows, Moments, moments
 from gallery.models.common import (
+    check_init,
     claim,
     data_plate,
     fresh,
@@ -76,6 +77,21 @@ class LinearGaussianParams:
             loading=self.loading.to(*args, **kwargs),
             noise_variance=self.noise_variance.to(*args, **kwargs),
         )
+
+    def float(self) -> LinearGaussianParams:
+        return self.to(torch.float32)
+
+    def double(self) -> LinearGaussianParams:
+        return self.to(torch.float64)
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """The tensors by field name: ``loc``, ``loading``, ``noise_variance``."""
+        return {"loc": self.loc, "loading": self.loading, "noise_variance": self.noise_variance}
+
+    @classmethod
+    def from_dict(cls, tensors: dict[str, Tensor]) -> LinearGaussianParams:
+        """The parameters :meth:`as_dict` gave."""
+        return cls(**tensors)
 
 
 def check_latent_dim(latent_dim: int, obs_dim: int) -> None:
@@ -121,6 +137,7 @@ def global_params(
     Without data or ``init`` the starting point is loc 0, loading entries N(0, 1), unit noise."""
     check_latent_dim(latent_dim, obs_dim)
     if init is not None:
+        check_init(init.loc, data)
         claim(name, init)
 
     @functools.cache
@@ -165,7 +182,8 @@ def model(
     params = global_params(
         data, latent_dim=latent_dim, obs_dim=obs_dim, isotropic=isotropic, init=init, device=device, name=name
     )
-    zeros = params.loading.new_zeros(latent_dim)
+    # the prior's constants, not made from a parameter (``render_model`` would draw loading -> z)
+    zeros = torch.zeros(latent_dim, dtype=params.loading.dtype, device=params.loading.device)
     with data_plate(num_data, subsample, subsample_size, device) as ind:
         z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))  # (..., B, p)
         mean = params.loc + z @ params.loading.T  # (..., B, d)

@@ -27,19 +27,19 @@ from torch import Tensor, nn
 
 from gallery.models.common import claim, data_plate, resolve_device, resolve_sizes, same_device
 from gallery.models.linear_gaussian import LinearGaussianParams
-from gallery.models.networks import mlp
+from gallery.models.networks import ACTIVATIONS, check_activation, follow_data, mlp
 
 LIKELIHOODS = ("gaussian", "bernoulli")
 NAME, LATENT, PREFIX = "vae", "z", "vae"  # see gallery.models.protocol
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
 
 
 class Decoder(nn.Module):
     """f(z; lambda) and the likelihood it parameterises.
 
+    :param obs_dim: d (first, as in every network constructor).
     :param latent_dim: p.
-    :param obs_dim: d.
-    :param hidden: hidden layer sizes of the MLP; ``()`` is affine, f(z) = A z + b (PPCA).
+    :param hidden: hidden layer sizes of the MLP; ``()`` is affine, f(z) = A z + b (PPCA);
+        default the command line's (128,).
     :param activation: a key of ``ACTIVATIONS``.
     :param likelihood: ``"gaussian"`` (f is the mean) or ``"bernoulli"`` (f is the logits).
     :param noise_variance: a fixed sigma^2 for the Gaussian likelihood; ``None`` learns it, as
@@ -48,10 +48,10 @@ class Decoder(nn.Module):
 
     def __init__(
         self,
-        latent_dim: int,
         obs_dim: int,
+        latent_dim: int,
         *,
-        hidden: Sequence[int] = (256,),
+        hidden: Sequence[int] = (128,),
         activation: str = "relu",
         likelihood: str = "gaussian",
         noise_variance: float | None = None,
@@ -60,8 +60,7 @@ class Decoder(nn.Module):
         super().__init__()
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood={likelihood!r} is not one of {', '.join(LIKELIHOODS)}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation={activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        check_activation(activation)
         for name, value in (("noise_variance", noise_variance), ("init_noise_variance", init_noise_variance)):
             if value is not None and not (value > 0 and value < float("inf")):
                 raise ValueError(f"{name}={value} must be a positive, finite number")
@@ -71,7 +70,7 @@ class Decoder(nn.Module):
             raise ValueError(f"latent_dim={latent_dim} and obs_dim={obs_dim} must be at least 1")
         self.latent_dim, self.obs_dim, self.likelihood = latent_dim, obs_dim, likelihood
         self.fixed_noise_variance, self.init_noise_variance = noise_variance, init_noise_variance
-        self.net = mlp(latent_dim, obs_dim, hidden, ACTIVATIONS[activation])
+        self.net = mlp(latent_dim, obs_dim, hidden, activation)
         if likelihood == "gaussian" and noise_variance is None:
             self.log_noise_variance = nn.Parameter(torch.tensor(math.log(init_noise_variance)))
         else:
@@ -114,22 +113,25 @@ def model(
     """The VAE: ``z_n ~ N(0, I_p)``, ``x_n ~ p(x | f(z_n))``.
 
     :param data: (N, d) observations, or None to sample ``num_data`` points.
-    :param decoder: the :class:`Decoder` f, on the data's device and dtype; registered as
+    :param decoder: the :class:`Decoder` f; moved to the data's dtype and device on its first call
+        (a later mismatch is refused); registered as
         ``{name}.decoder``, replacing the sites of any other decoder registered there.
     :param subsample: (B,) indices of the minibatch; or ``subsample_size`` to draw them.
     :returns: (..., B, d) the observed or sampled x of the subsample.
     """
     num_data, _ = resolve_sizes(data, num_data, decoder.obs_dim)
     device = resolve_device(data, device)
+    if data is not None:
+        follow_data(decoder, data)  # on its first call; a later mismatch is refused
     weight = decoder.net[-1].weight
-    if not same_device(weight.device, device) or (data is not None and data.dtype != weight.dtype):
+    if not same_device(weight.device, device):
         raise ValueError(
-            f"the decoder has {weight.dtype} weights on {weight.device} but the data is "
-            f"{'absent' if data is None else data.dtype} on {device}; call decoder.to(device=..., dtype=...)"
+            f"the decoder's weights are on {weight.device} but device={device}; sample on its device"
         )
     claim(f"{name}.decoder", decoder)
     pyro.module(f"{name}.decoder", decoder)
-    zeros = weight.new_zeros(decoder.latent_dim)
+    # the prior's constants, not made from a parameter (``render_model`` would draw decoder -> z)
+    zeros = torch.zeros(decoder.latent_dim, dtype=weight.dtype, device=weight.device)
     with data_plate(num_data, subsample, subsample_size, device) as ind:
         z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))  # (..., B, p)
         obs = None if data is None else data[ind]

@@ -19,7 +19,7 @@ from inference.svi import fit_svi
 
 @pytest.mark.parametrize("likelihood", vae.LIKELIHOODS)
 def test_prior_samples_have_the_right_shapes(likelihood, device):
-    decoder = vae.Decoder(3, 10, hidden=(16, 8), likelihood=likelihood).to(device)
+    decoder = vae.Decoder(10, 3, hidden=(16, 8), likelihood=likelihood).to(device)
     trace = poutine.trace(vae.model).get_trace(num_data=7, decoder=decoder, device=device)
     assert trace.nodes["z"]["value"].shape == (7, 3)
     x = trace.nodes["x"]["value"]
@@ -34,11 +34,11 @@ def test_prior_samples_have_the_right_shapes(likelihood, device):
 
 
 def test_decoder_options():
-    linear = vae.Decoder(2, 5, hidden=())
+    linear = vae.Decoder(5, 2, hidden=())
     assert linear.linear and len(list(linear.parameters())) == 3  # A, b, log sigma^2
     params = vae.as_ppca(linear)
     assert params.loading.shape == (5, 2) and params.loc.shape == (5,) and params.noise_variance.shape == ()
-    fixed = vae.Decoder(2, 5, hidden=(4,), noise_variance=0.5)
+    fixed = vae.Decoder(5, 2, hidden=(4,), noise_variance=0.5)
     assert fixed.noise_variance() == 0.5 and fixed.log_noise_variance is None
     with pytest.raises(ValueError, match="only an affine decoder"):
         vae.as_ppca(fixed)
@@ -49,9 +49,12 @@ def test_decoder_options():
         ({"likelihood": "bernoulli", "noise_variance": 0.1}, "Gaussian likelihood"),
     ):
         with pytest.raises(ValueError, match=match):
-            vae.Decoder(2, 5, **kwargs)
-    with pytest.raises(ValueError, match="decoder.to"):
-        vae.model(torch.zeros(3, 5, dtype=torch.float64), decoder=vae.Decoder(2, 5))
+            vae.Decoder(5, 2, **kwargs)
+    decoder = vae.Decoder(5, 2)  # float32 weights: they follow the data on the first call
+    vae.model(torch.zeros(3, 5, dtype=torch.float64), decoder=decoder)
+    assert decoder.net[-1].weight.dtype == torch.float64
+    with pytest.raises(ValueError, match="one dtype and device"):
+        vae.model(torch.zeros(3, 5, dtype=torch.float32), decoder=decoder)
 
 
 @pytest.mark.parametrize("likelihood", vae.LIKELIHOODS)
@@ -61,7 +64,7 @@ def test_the_loss_falls(likelihood):
     data = load("digits").data.float() / 16
     if likelihood == "bernoulli":
         data = (data > 0.5).float()
-    decoder = vae.Decoder(2, 64, hidden=(32,), likelihood=likelihood)
+    decoder = vae.Decoder(64, 2, hidden=(32,), likelihood=likelihood)
     encoder = guides.AmortisedNormal(64, 2, hidden=(32,), **guides.input_scaling(data))
     losses = fit_svi(
         vae.model, encoder, data, num_steps=300, batch_size=64, lr=0.01, progress=False, decoder=decoder
@@ -72,7 +75,7 @@ def test_the_loss_falls(likelihood):
 
 def test_mean_field_guide_trains_the_vae():
     data = load("digits").data.float()[:100] / 16
-    decoder = vae.Decoder(2, 64, hidden=(16,))
+    decoder = vae.Decoder(64, 2, hidden=(16,))
     guide = guides.MeanFieldNormal(100, 2)
     losses = fit_svi(
         vae.model, guide, data, num_steps=200, batch_size=20, lr=0.05, progress=False, decoder=decoder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import pyro
 import pytest
@@ -12,7 +13,7 @@ from pyro.infer import Trace_ELBO
 
 import guides
 from gallery import load
-from gallery.models import factor_analysis, gmm, ppca
+from gallery.models import factor_analysis, gmm, ppca, vae
 from gallery.models.linear_gaussian import posterior
 from inference.evaluate import decompose
 from inference.svi import fit_svi
@@ -141,8 +142,10 @@ def test_c_guides_work_with_vectorised_particles_and_minibatches(make, device):
 
 def test_guide_misuse_is_a_clear_error():
     data = load("iris").data
-    with pytest.raises(ValueError, match=r"guide.to\(device=..., dtype=...\)"):
-        guides.AmortisedNormal(4, 2)(data)  # float32 weights, float64 data
+    encoder = guides.AmortisedNormal(4, 2)
+    encoder(data)  # float32 weights follow the float64 data on the first call
+    with pytest.raises(ValueError, match="one dtype and device"):
+        encoder(data.float())  # but not later: they have been trained
     with pytest.raises(ValueError, match="needs the data"):
         guides.AmortisedCategorical(4, 3)()
     with pytest.raises(ValueError, match="num_data=150"):
@@ -173,3 +176,57 @@ def test_full_covariance_normal_is_the_multivariate_normal():
     eps = q.transforms[0].inv(z)
     exact = torch.distributions.Normal(0.0, 1.0).log_prob(eps).sum() - bad.diagonal().log().sum()
     torch.testing.assert_close(q.log_prob(z), exact)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda data: (
+            ppca.model,
+            guides.AmortisedNormal(4, 2, hidden=(8,), activation="relu"),
+            {"latent_dim": 2},
+        ),
+        lambda data: (gmm.model, guides.AmortisedCategorical(4, 3, hidden=(8,)), {"num_components": 3}),
+        lambda data: (
+            vae.model,
+            guides.AmortisedNormal(4, 2, hidden=(8,)),
+            {"decoder": vae.Decoder(4, 2, hidden=(8,))},
+        ),
+    ],
+    ids=["amortised-normal", "amortised-categorical", "vae-decoder-and-encoder"],
+)
+def test_networks_follow_float64_data_under_stock_svi(build):
+    """Built as torch builds them (float32), trained by Pyro's own SVI on float64 data: no .double()."""
+    data = load("iris").data  # float64
+    model, guide, kwargs = build(data)
+    enumerated = "num_components" in kwargs
+    elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1) if enumerated else pyro.infer.Trace_ELBO()
+    svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.01}), elbo)
+    losses = [svi.step(data, **kwargs) for _ in range(5)]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert next(guide.parameters()).dtype == torch.float64
+
+
+def test_mean_field_guides_start_at_the_e_step():
+    """at_e_step starts q at the model's best factorised q for the initial parameters."""
+    data = load("iris").data
+    init = gmm.init_params(data, 3, generator=torch.Generator().manual_seed(0))
+    guide = guides.MeanFieldCategorical.at_e_step(data, init)
+    assert torch.equal(guide.init_logits, gmm.mean_field_posterior(data, init))
+    start = ppca.init_params(data, 2, generator=torch.Generator().manual_seed(0))
+    normal = guides.MeanFieldNormal.at_e_step(data, start, model=ppca)
+    loc, scale = ppca.mean_field_posterior(data, start)
+    assert torch.equal(normal.init_loc, loc) and torch.equal(normal.init_scale, scale.expand_as(loc))
+    with pytest.raises(ValueError, match="continuous z"):
+        guides.MeanFieldNormal.at_e_step(data, init)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda d: gmm.init_params(d, 3), lambda d: factor_analysis.init_params(d, 2)]
+)
+def test_params_round_trip_through_dicts(make):
+    params = make(load("iris").data)
+    again = type(params).from_dict(params.as_dict())
+    pairs = zip(params.as_dict().values(), again.as_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    assert params.float().loc.dtype == torch.float32 and params.float().double().loc.dtype == torch.float64

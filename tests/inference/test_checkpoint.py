@@ -28,7 +28,7 @@ def small_vae(device="cpu"):
     data = (load("digits").data[:200].float() / 16).to(device)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    decoder = vae.Decoder(2, 64, hidden=(8,)).to(device)
+    decoder = vae.Decoder(64, 2, hidden=(8,)).to(device)
     encoder = guides.AmortisedNormal(64, 2, hidden=(8,), **guides.input_scaling(data)).to(device)
     return data, decoder, encoder
 

@@ -19,7 +19,7 @@ from tests.conftest import known_linear_gaussian, sample_linear_gaussian
 def ppca_decoder(params: linear_gaussian.LinearGaussianParams) -> vae.Decoder:
     """An affine, Gaussian decoder holding the PPCA parameters ``params``."""
     decoder = vae.Decoder(
-        params.latent_dim, len(params.loc), hidden=(), init_noise_variance=float(params.noise_variance)
+        len(params.loc), params.latent_dim, hidden=(), init_noise_variance=float(params.noise_variance)
     )
     decoder = decoder.double()
     with torch.no_grad():

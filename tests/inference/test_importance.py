@@ -46,7 +46,7 @@ def test_the_estimate_is_at_least_the_elbo_and_grows_with_k():
     K = 10 and 100 must lie above it and above each other by more than 5 standard errors of
     their difference."""
     data = load("digits").data.float() / 16
-    decoder = vae.Decoder(2, 64, hidden=(32,))
+    decoder = vae.Decoder(64, 2, hidden=(32,))
     encoder = guides.AmortisedNormal(64, 2, hidden=(32,), **guides.input_scaling(data))
     fit_svi(
         vae.model, encoder, data, num_steps=1000, batch_size=128, lr=0.01, progress=False, decoder=decoder

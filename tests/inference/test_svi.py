@@ -325,7 +325,7 @@ def test_svi_on_device_without_host_sync(device):
 @pytest.mark.parametrize("guide_kind", ["amortised", "mean-field"])
 def test_vae_svi_on_device_without_host_sync(device, guide_kind):
     data = (load("digits").data[:256] / 16).to(device=device, dtype=torch.float32)
-    decoder = vae.Decoder(2, 64, hidden=(16,)).to(device)
+    decoder = vae.Decoder(64, 2, hidden=(16,)).to(device)
     if guide_kind == "mean-field":
         guide = guides.MeanFieldNormal(256, 2)
     else:
@@ -386,7 +386,7 @@ def test_svi_step_reads_nothing_back_to_the_host(name, guide_kind, monkeypatch):
 def test_vae_svi_step_reads_nothing_back_to_the_host(guide_kind, monkeypatch):
     """The same for the VAE (an MLP decoder, learned sigma^2) with each of its guides."""
     data = load("digits").data.float()[:150] / 16
-    decoder = vae.Decoder(2, 64, hidden=(8,))
+    decoder = vae.Decoder(64, 2, hidden=(8,))
     if guide_kind == "mean-field":
         guide = guides.MeanFieldNormal(150, 2)
     else:

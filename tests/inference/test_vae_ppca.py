@@ -25,7 +25,7 @@ def linear_vae():
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     decoder = vae.Decoder(
-        LATENT_DIM, 64, hidden=(), init_noise_variance=float(data.var(0, correction=0).mean())
+        64, LATENT_DIM, hidden=(), init_noise_variance=float(data.var(0, correction=0).mean())
     ).double()
     with torch.no_grad():
         decoder.net[0].bias.copy_(data.mean(0))

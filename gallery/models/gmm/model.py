@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from gallery.data.checks import check_data
-from gallery.models.common import claim, data_plate, fresh, release, resolve_device, resolve_sizes
+from gallery.models.common import check_init, claim, data_plate, fresh, release, resolve_device, resolve_sizes
 
 COVARIANCE_TYPES = ("full", "diag")
 PREFIX = "gmm"  # the default name= of the sites: gmm.weights, gmm.loc, ...
@@ -75,6 +75,22 @@ class GMMParams:
             scale_tril=move(self.scale_tril),
             scale=move(self.scale),
         )
+
+    def float(self) -> GMMParams:
+        return self.to(torch.float32)
+
+    def double(self) -> GMMParams:
+        return self.to(torch.float64)
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """The tensors by field name (``scale_tril`` or ``scale``, whichever is set)."""
+        names = ("weights", "loc", "scale_tril", "scale")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    @classmethod
+    def from_dict(cls, tensors: dict[str, Tensor]) -> GMMParams:
+        """The parameters :meth:`as_dict` gave."""
+        return cls(**tensors)
 
 
 def init_params(
@@ -164,6 +180,7 @@ def global_params(
     Shared by the model and the exact guide so that both read the same sites."""
     _check_covariance_type(covariance_type)
     if init is not None:
+        check_init(init.loc, data)
         claim(name, init)
 
     @functools.cache

@@ -1,0 +1,91 @@
+"""``gallery.fit``: the numbers of ``python -m gallery run``, in memory, in the user's session."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyro
+import pytest
+import torch
+
+import gallery
+from gallery.app import cli
+
+COMBOS = [
+    (model, guide)
+    for model in ("gmm", "factor-analysis", "ppca")
+    for guide in ("exact", "mean-field", "amortised", "amortised-full", "auto-normal")
+    if not (model == "gmm" and guide == "amortised-full")
+]
+SETTINGS = {"num_steps": 50, "em_iters": 50, "eval_particles": 10}  # tiny: equality, not accuracy
+FLAGS = ["--num-steps", "50", "--em-iters", "50", "--eval-particles", "10", "--no-progress"]
+COMPARED = ("elbo_per_datum", "log_likelihood_per_datum", "em_log_likelihood_per_datum")
+
+
+@pytest.mark.parametrize(("model", "guide"), COMBOS)
+def test_fit_gives_the_numbers_of_run(model, guide, tmp_path, capsys):
+    assert cli.main(["run", model, "--guide", guide, "--data", "iris", "--out", str(tmp_path), *FLAGS]) == 0
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    fitted = gallery.fit(model, "iris", guide=guide, progress=False, **SETTINGS)
+    for key in COMPARED:
+        assert fitted.metrics[key] == pytest.approx(written[key], abs=1e-12, rel=0), key
+    assert [k for k in fitted.metrics if not k.endswith("seconds")] == [
+        k for k in written if not k.endswith("seconds")
+    ]
+    exact = float(fitted.log_prob(gallery.load("iris").data).mean())
+    assert exact == pytest.approx(written["log_likelihood_per_datum"], abs=1e-12, rel=0)
+
+
+def test_fit_keeps_the_users_param_store_and_takes_arrays():
+    mine = pyro.param("my.weights", torch.arange(3.0))
+    rows = gallery.load("iris").data.numpy()
+    from_array = gallery.fit("ppca", rows, guide="mean-field", progress=False, **SETTINGS)
+    by_name = gallery.fit("ppca", "iris", guide="mean-field", progress=False, **SETTINGS)
+    assert torch.equal(pyro.param("my.weights"), mine)
+    assert from_array.metrics["data"] == "array"
+    assert from_array.metrics["elbo_per_datum"] == by_name.metrics["elbo_per_datum"]
+    assert from_array.elbo_trace.shape == (50,)
+
+
+@pytest.mark.parametrize(("model", "guide"), [("gmm", "mean-field"), ("factor-analysis", "amortised")])
+def test_save_load_round_trip(model, guide, tmp_path):
+    fitted = gallery.fit(model, "iris", guide=guide, progress=False, **SETTINGS)
+    fitted.save(tmp_path / "fit.pt")
+    loaded = gallery.Fitted.load(tmp_path / "fit.pt")
+    x = gallery.load("iris").data
+    assert torch.equal(loaded.log_prob(x), fitted.log_prob(x))
+    assert torch.equal(loaded.em.log_likelihoods, fitted.em.log_likelihoods)
+    assert torch.equal(loaded.sample(5, seed=1), fitted.sample(5, seed=1))
+    assert loaded.metrics == fitted.metrics
+    posterior = fitted.posterior(x)
+    if model == "gmm":
+        assert torch.allclose(posterior.probs.sum(-1), torch.ones(150, dtype=torch.float64))
+    else:
+        assert posterior.loc.shape == (150, 2)
+
+
+def test_sample_draws_from_the_fitted_process():
+    fitted = gallery.fit("gmm", "iris", progress=False, **SETTINGS)
+    draws = fitted.sample(20000, seed=0)  # (20000, 4)
+    mixture_mean = fitted.params.weights @ fitted.params.loc
+    assert torch.allclose(draws.mean(0), mixture_mean, atol=0.05)  # ~5 standard errors
+
+
+def test_vae_fit_save_load(tmp_path):
+    settings = dict(num_steps=20, eval_particles=5, gap_rows=5, gap_steps=5, hidden=(8,), progress=False)
+    fitted = gallery.fit("vae", "digits", **settings)
+    x = gallery.load("digits").data[:7] / 16
+    log_prob = fitted.log_prob(x)
+    assert log_prob.shape == (7,) and torch.equal(log_prob, fitted.log_prob(x))
+    assert fitted.sample(3).shape == (3, 64)
+    assert fitted.posterior(x).mean.shape == (7, 2)
+    fitted.save(tmp_path / "vae.pt")
+    assert torch.equal(gallery.Fitted.load(tmp_path / "vae.pt").log_prob(x), log_prob)
+
+
+def test_refusals_are_one_line():
+    with pytest.raises(ValueError, match="guide 'amortised-full' is for continuous z"):
+        gallery.fit("gmm", "iris", guide="amortised-full")
+    with pytest.raises(ValueError, match="2-D"):
+        gallery.fit("gmm", np.zeros(5))
