@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--em-iters", type=int, default=defaults.em_iters, help="maximum EM iterations")
     run.add_argument("--em-tol", type=float, default=defaults.em_tol, help="EM tolerance, nats per datum")
     run.add_argument(
+        "--restarts",
+        type=int,
+        default=defaults.restarts,
+        help="EM starts (mixtures: k-means++ and random rows, alternating; FA/PPCA: random loadings), "
+        "the best by final log p(x) kept; SVI starts from the best start",
+    )
+    run.add_argument(
         "--stream",
         action="store_true",
         help="leave a .npy --data in its file (memory-mapped) and read each minibatch from it; needs "
