@@ -287,7 +287,9 @@ def component_terms(x: Tensor, params: MFAParams, chol: Tensor, weighted: Tensor
     inv_psi = params.psi.reciprocal()  # (K, D)
     maha = x.square() @ inv_psi.T - 2 * x @ (params.loc * inv_psi).T + (params.loc.square() * inv_psi).sum(-1)
     offset = (weighted @ params.loc[:, :, None]).squeeze(-1)  # (K, p)
-    proj = (x @ weighted.permute(2, 0, 1).reshape(obs_dim, -1)).view(-1, num_components, latent_dim) - offset
+    proj = (x @ weighted.permute(2, 0, 1).reshape(obs_dim, -1)).view(
+        len(x), num_components, latent_dim
+    ) - offset
     white = torch.linalg.solve_triangular(
         chol, proj.transpose(0, 1).transpose(1, 2), upper=False
     )  # (K, p, B)
