@@ -25,6 +25,8 @@ def check_guide(model_name: str, guide_name: str) -> None:
         raise ValueError(f"unknown guide {guide_name!r}; choose one of {', '.join(GUIDES)}")
     if guide_name == "amortised-full" and EM_MODELS[model_name].LATENT == "c":
         raise ValueError("guide 'amortised-full' is for continuous z; for gmm use 'amortised'")
+    if getattr(EM_MODELS[model_name], "LATENTS", None) == ("c", "z") and guide_name not in MIXTURE_GUIDES:
+        raise ValueError(f"{model_name} takes the guides {', '.join(MIXTURE_GUIDES)}, not {guide_name!r}")
 
 
 GUIDES = {
@@ -34,6 +36,7 @@ GUIDES = {
     "amortised-full": "a density network q(z|x) with full (Cholesky) covariance (z models only)",
     "auto-normal": "Pyro's AutoNormal (for the mixture, c is summed out in the model)",
 }
+MIXTURE_GUIDES = ("exact", "mean-field", "amortised")  # for c and z | c together (mfa, mppca)
 
 
 def make_guide(
@@ -57,6 +60,8 @@ def make_guide(
     discrete = module.LATENT == "c"
     if guide_name == "exact":
         return module.posterior_guide
+    if getattr(module, "LATENTS", None) == ("c", "z"):
+        return mixture_guide(module, guide_name, data, init, hidden, scaling, name)
     if guide_name == "mean-field":
         return mean_field_at_e_step(module, data, init, name=name)
     if guide_name == "auto-normal":
@@ -71,6 +76,24 @@ def make_guide(
         net = guides.AmortisedNormal(
             obs_dim, size, hidden=hidden, covariance=covariance, name=name, **scaling
         )
+    return net.to(device=data.device, dtype=data.dtype)
+
+
+def mixture_guide(module, guide_name, data, init, hidden, scaling, name) -> Callable:
+    """q(c | x) q(z | x, c) for mfa / mppca: per-datum tables starting at the best factorised q
+    of the initial parameters, or a network with K heads."""
+    from guides.mixture import AmortisedMixture, MeanFieldMixture
+
+    init = init.to(data.dtype)
+    if guide_name == "mean-field":
+        log_q, loc, scale = module.mean_field_posterior(data, init)  # (N, K), (N, K, p), (K, p)
+        return MeanFieldMixture(
+            *loc.shape, init_logits=log_q, init_loc=loc, init_scale=scale.expand_as(loc), name=name
+        )
+    scaling = guides.input_scaling(data) if scaling is None else scaling
+    net = AmortisedMixture(
+        data.shape[1], init.num_components, init.latent_dim, hidden=hidden, name=name, **scaling
+    )
     return net.to(device=data.device, dtype=data.dtype)
 
 

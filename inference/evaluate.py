@@ -124,9 +124,11 @@ def decompose(guide: Callable, data: Tensor, params, **model_kwargs) -> BoundDec
     """
     check_data(data)
     module = owner(params)
-    return BoundDecomposition(
-        *module.bound_terms(data, params, _guide_q(guide, data, module.LATENT, model_kwargs))
-    )
+    if hasattr(module, "guide_q"):  # a model that reads its guide's q itself (mfa: q(c) q(z | c))
+        q = module.guide_q(guide, data, model_kwargs)
+    else:
+        q = _guide_q(guide, data, module.LATENT, model_kwargs)
+    return BoundDecomposition(*module.bound_terms(data, params, q))
 
 
 def _guide_q(guide: Callable, data: Tensor, site: str, model_kwargs: dict):

@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-from gallery.app import compare, figures
+from gallery.app import compare, figures, models_table
 from gallery.app.config import BY_MODEL_HELP, DTYPES, OWN, WHERE, RunConfig, flat, make_config
 from gallery.app.parsing import OneLineParser
 from gallery.app.pipeline import fit, prepare, render, summary
@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     figures.add_arguments(figures_parser)
+    models_parser = commands.add_parser(
+        "models",
+        help="every model fitted on 80%% of the rows and scored on the rest, one row each",
+        description=models_table.__doc__.strip().splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    models_table.add_arguments(models_parser)
     run = commands.add_parser(
         "run",
         help="fit one model by SVI and by exact EM from the same start",
@@ -127,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--em-iters", type=int, default=defaults.em_iters, help="maximum EM iterations")
     run.add_argument("--em-tol", type=float, default=defaults.em_tol, help="EM tolerance, nats per datum")
+    run.add_argument(
+        "--restarts",
+        type=int,
+        default=defaults.restarts,
+        help="EM starts (mixtures: k-means++ and random rows, alternating; FA/PPCA: random loadings), "
+        "the best by final log p(x) kept; SVI starts from the best start",
+    )
     run.add_argument(
         "--stream",
         action="store_true",
@@ -224,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         return compare.run(args)
     if args.command == "figures":
         return figures.run(args)
+    if args.command == "models":
+        return models_table.run(args)
     launched = int(os.environ.get("WORLD_SIZE", "1"))  # > 1: this is one of torchrun's processes
     num_processes = args.num_processes if args.num_processes is not None else launched
     if launched > 1 and num_processes != launched:

@@ -120,6 +120,8 @@ def plan(args: argparse.Namespace) -> list:
     common = dict(num_steps=settings.num_steps, device=args.device, seed=args.seed, progress=False)
     fits = []
     for model in EM_MODELS:
+        if getattr(EM_MODELS[model], "LATENTS", None) == ("c", "z"):
+            continue  # mfa, mppca: not (yet) rows here; their bounds are checked in tests/test_mfa.py
         for guide in GUIDES:
             try:
                 check_guide(model, guide)

@@ -54,6 +54,7 @@ class EMConfig:
 
     max_iters: int = 500
     tol: float = 1e-8  # nats per datum
+    restarts: int = 1  # EM starts (k-means++ and random rows, alternating); SVI from the best
 
 
 @dataclass(frozen=True)

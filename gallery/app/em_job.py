@@ -47,6 +47,8 @@ def prepare(config: RunConfig, dataset: datasets.Dataset | None = None) -> Prepa
         raise ValueError(f"--em-iters must be at least 0, got {config.em.max_iters}")
     if not (math.isfinite(config.em.tol) and config.em.tol >= 0):
         raise ValueError(f"--em-tol must be a number >= 0, got {config.em.tol}")
+    if config.em.restarts < 1:
+        raise ValueError(f"--restarts must be at least 1, got {config.em.restarts}")
     data, labels, stats, steps = _load(config, device, dataset)
     num_data, obs_dim = data.shape
     if train.batch_size is not None and not 1 <= train.batch_size <= num_data:
@@ -93,19 +95,62 @@ def _load(config: RunConfig, device: torch.device, dataset: datasets.Dataset | N
     return data, labels, stats, steps
 
 
+MIXTURES = ("gmm", "mfa", "mppca")  # the models with --components (and k-means starts)
+
+
 def _model_kwargs(config: RunConfig, num_data: int, obs_dim: int) -> dict:
-    if config.model == "gmm":
+    kwargs = {}
+    if config.model in MIXTURES:
         if config.components > num_data:
             raise ValueError(
                 f"--components {config.components} is more than the {num_data} rows of data; "
                 "use fewer components"
             )
-        return {"num_components": config.components, "covariance_type": config.covariance_type}
+        kwargs["num_components"] = config.components
+    if config.model == "gmm":
+        return kwargs | {"covariance_type": config.covariance_type}
     if config.latent_dim >= obs_dim:
         raise ValueError(
             f"--latent-dim {config.latent_dim} must be smaller than the data dimension {obs_dim}"
         )
-    return {"latent_dim": config.latent_dim}
+    return kwargs | {"latent_dim": config.latent_dim}
+
+
+def _init_args(config: RunConfig) -> tuple[tuple[int, ...], dict]:
+    """The sizes ``init_params`` takes after the data, and its options."""
+    if config.model == "gmm":
+        return (config.components,), {"covariance_type": config.covariance_type}
+    if config.model in MIXTURES:
+        return (config.components, config.latent_dim), {}
+    return (config.latent_dim,), {}
+
+
+@dataclass(frozen=True)
+class Restarts:
+    """EM from every start of ``--restarts``; the best by final log p(x) is SVI's start."""
+
+    log_likelihoods: list[float]  # (R,) final mean log p(x) of EM from each start
+    best: int  # the start kept (the first of equals)
+    em: EMResult  # EM from it
+
+
+def _restarts(config: RunConfig, module, data, sample: Tensor, first) -> tuple[object, Restarts]:
+    """``--restarts R`` starts: ``first`` (the seed's, as with R = 1), then for r = 1..R-1 from a
+    generator seeded by (seed, r): mixtures alternate random rows (odd r) and k-means++ (even
+    r); factor analysis and PPCA draw other random loadings. EM runs from each."""
+    sizes, options = _init_args(config)
+    starts = [first]
+    for r in range(1, config.em.restarts):
+        generator = torch.Generator().manual_seed(config.train.seed * 100_003 + r)
+        extra = {"start": "random" if r % 2 else "kmeans"} if config.model in MIXTURES else {}
+        starts.append(module.init_params(sample, *sizes, generator=generator, **options, **extra))
+    fits = [
+        fit_em(data, start, max_iters=config.em.max_iters, tol=config.em.tol, dtype=torch.float64)
+        for start in starts
+    ]
+    finals = [float(fit.log_likelihoods[-1]) for fit in fits]
+    best = max(range(len(finals)), key=lambda r: (finals[r], -r))
+    return starts[best], Restarts(finals, best, fits[best])
 
 
 def _select_columns(data: Tensor | mapped.MappedRows, keep: Tensor) -> Tensor | mapped.MappedRows:
@@ -129,9 +174,12 @@ def setup(prepared: Prepared, parallel=None) -> Setup:
     pyro.set_rng_seed(seed)  # networks are initialised from the global generator
     generator = torch.Generator().manual_seed(seed)
     sample = mapped.init_sample(data, generator)  # (<= INIT_ROWS, D): all rows of a small data set
-    size = config.components if config.model == "gmm" else config.latent_dim
-    options = {"covariance_type": config.covariance_type} if config.model == "gmm" else {}
-    init = module.init_params(sample, size, generator=generator, **options)
+    sizes, options = _init_args(config)
+    init = module.init_params(sample, *sizes, generator=generator, **options)
+    restarts = None
+    if config.em.restarts > 1:
+        init, restarts = _restarts(config, module, data, sample, init)
+    size = sizes[0]  # K of a mixture, p of factor analysis and PPCA
     streamed = config.data.stream
     guide = make_guide(
         config.model,
@@ -144,7 +192,15 @@ def setup(prepared: Prepared, parallel=None) -> Setup:
         scaling=prepared.moments.input_scaling(data.device, data.dtype) if streamed else None,
     )
     model_kwargs = {"init": init, **prepared.model_kwargs}
-    return Setup(module.model, guide, model_kwargs, config.train.batch_size, module.LATENT, init=init)
+    return Setup(
+        module.model,
+        guide,
+        model_kwargs,
+        config.train.batch_size,
+        module.LATENT,
+        init=init,
+        restarts=restarts,
+    )
 
 
 def evaluate(prepared: Prepared, setup: Setup, svi: SVIResult) -> Evaluated:
@@ -152,10 +208,13 @@ def evaluate(prepared: Prepared, setup: Setup, svi: SVIResult) -> Evaluated:
     config, data, kwargs = prepared.config, prepared.data, prepared.model_kwargs
     module = MODELS[config.model]
     svi_params = module.current_params()
-    em = fit_em(
-        data, setup.init, max_iters=config.em.max_iters, tol=config.em.tol, dtype=torch.float64,
-        progress=config.train.progress,
-    )  # fmt: skip
+    if setup.restarts is not None:  # EM from the best start ran already
+        em = setup.restarts.em
+    else:
+        em = fit_em(
+            data, setup.init, max_iters=config.em.max_iters, tol=config.em.tol, dtype=torch.float64,
+            progress=config.train.progress,
+        )  # fmt: skip
     num_data, obs_dim = data.shape
     particles = config.train.eval_particles
     elbo = estimate_elbo(module.model, setup.guide, data, num_particles=particles, **setup.model_kwargs)
@@ -167,6 +226,10 @@ def evaluate(prepared: Prepared, setup: Setup, svi: SVIResult) -> Evaluated:
     )
     baseline = Baseline(float(em.log_likelihoods[-1]), em.num_iters, em.converged)
     extras = {"stream": config.data.stream}
+    if setup.restarts is not None:  # absent with --restarts 1, so its metrics stay as they were
+        extras["restarts"] = config.em.restarts
+        extras["restart_best"] = setup.restarts.best
+        extras["restart_log_likelihoods_per_datum"] = setup.restarts.log_likelihoods
     if config.model == "ppca":
         closed_form = ppca_max_log_likelihood(prepared.moments, config.latent_dim)
         extras["closed_form_log_likelihood_per_datum"] = float(closed_form)

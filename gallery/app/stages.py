@@ -41,6 +41,7 @@ class Setup:
     latent: str  # "c" or "z", the local latent drawn for --arviz
     init: object = None  # EM models: the starting parameters that SVI and EM share
     initial: object = None  # the VAE: the importance estimate at the start (rank 0)
+    restarts: object = None  # EM models with --restarts > 1: em_job.Restarts, EM from every start
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ two models, or two fits of one, share one Pyro session safely.
 :data:`MODELS` is the one registration: command-line name -> module; :func:`owner` finds the
 module of a parameters object."""
 
-from gallery.models import factor_analysis, gmm, linear_gaussian, ppca, vae
+from gallery.models import factor_analysis, gmm, linear_gaussian, mfa, mppca, ppca, vae
 
-MODELS = {module.NAME: module for module in (gmm, factor_analysis, ppca, vae)}
+MODELS = {module.NAME: module for module in (gmm, factor_analysis, ppca, mfa, mppca, vae)}
 EM_MODELS = {name: module for name, module in MODELS.items() if module is not vae}
 
 
@@ -28,4 +28,15 @@ def owner(params: object):
     )
 
 
-__all__ = ["EM_MODELS", "MODELS", "factor_analysis", "gmm", "linear_gaussian", "owner", "ppca", "vae"]
+__all__ = [
+    "EM_MODELS",
+    "MODELS",
+    "factor_analysis",
+    "gmm",
+    "linear_gaussian",
+    "mfa",
+    "mppca",
+    "owner",
+    "ppca",
+    "vae",
+]

@@ -100,11 +100,14 @@ def init_params(
     *,
     generator: torch.Generator | None = None,
     kmeans_iters: int = 10,
+    start: str = "kmeans",
 ) -> GMMParams:
     """Starting parameters from k-means (k-means++ seeding, then ``kmeans_iters`` Lloyd steps),
     as scikit-learn's ``init_params="kmeans"``: locs at the cluster centres, weights the cluster
     fractions, covariances those of the clusters plus 1e-6 I (the diagonal of them for
-    ``"diag"``). Same dtype and device as ``data`` (N, D); random draws use ``generator``."""
+    ``"diag"``). ``start="random"``: the centres are K distinct random rows instead (no Lloyd
+    steps), scikit-learn's ``"random_from_data"``. Same dtype and device as ``data`` (N, D);
+    random draws use ``generator``."""
     _check_covariance_type(covariance_type)
     num_data, obs_dim = check_data(data).shape
     if not 1 <= num_components <= num_data:
@@ -112,7 +115,12 @@ def init_params(
             f"num_components={num_components} needs 1 <= num_components <= num_data={num_data}; "
             "use fewer components or more data"
         )
-    loc = _kmeans(data, num_components, kmeans_iters, generator)
+    if start == "kmeans":
+        loc = _kmeans(data, num_components, kmeans_iters, generator)
+    elif start == "random":
+        loc = data[torch.randperm(num_data, generator=generator)[:num_components].to(data.device)]
+    else:
+        raise ValueError(f"start={start!r} is not one of kmeans, random")
     labels = torch.cdist(data, loc).argmin(1)
     resp = torch.nn.functional.one_hot(labels, num_components).to(data.dtype)  # (N, K)
     count = resp.sum(0).clamp_min(1)  # (K,)
