@@ -374,11 +374,7 @@ class RunState:
         self.losses, self.state = losses, state
         num_steps = len(losses)
         if self.resumed is not None:
-            if not self.resumed["step"] <= num_steps:
-                raise ValueError(
-                    f"the checkpoint is at step {self.resumed['step']}, past --num-steps {num_steps}"
-                )
-            restore(self.resumed, **state)
+            restore(self.resumed, **state, num_steps=num_steps, loss_dtype=losses.dtype)
             losses[: self.start_step] = self.resumed["losses"].to(losses)
             if self.parallel is not None:  # restore() set rank 0's generators; each rank takes its own
                 _restore_rank_generators(self.resumed, self.parallel, state["device"])
