@@ -37,6 +37,7 @@ from gallery.data.mapped import MappedRows
 from inference.checkpoint import Checkpointing, restore, rng_state, set_rng_state
 from inference.distributed import DataParallel
 from inference.estimators import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
+from inference.interrupt import Interrupted, requested
 from inference.per_datum import keeps_q_per_datum
 
 MAX_PLATE_NESTING = 1  # every gallery model has one plate, "data"
@@ -254,6 +255,8 @@ def _train(
                 _check_finite(losses, t, params, run.note, run.parallel)
                 bar.set_postfix(elbo_per_datum=f"{-float(losses[t]) / num_data:.4f}")
             run.after_step(t + 1, params)
+            if (signum := requested()) is not None:  # SIGINT or SIGTERM: stop at this boundary
+                run.stop(t + 1, params, signum)
 
 
 def _check_arguments(
@@ -387,6 +390,16 @@ class RunState:
             _check_finite(self.losses, steps_done - 1, params, self.note, self.parallel)
             self._sum_losses(steps_done)
             self._save(steps_done)
+
+    def stop(self, steps_done: int, params: list[Tensor], signum: int) -> None:
+        """Save the state after ``steps_done`` steps (when the run has a checkpoint and it is
+        not saved already) and raise :class:`~inference.interrupt.Interrupted`."""
+        checkpoint = self.checkpoint
+        if checkpoint is not None and not checkpoint.due(steps_done, len(self.losses)):
+            _check_finite(self.losses, steps_done - 1, params, self.note, self.parallel)
+            self._sum_losses(steps_done)
+            self._save(steps_done)
+        raise Interrupted(signum, steps_done, None if checkpoint is None else checkpoint.path)
 
     def finish(self, params: list[Tensor]) -> None:
         num_steps = len(self.losses)

@@ -33,6 +33,7 @@ from gallery.report.atomic import check_writable_folder, write_all_atomic
 from gallery.report.lock import output_lock
 from guides.registry import GUIDES
 from inference.distributed import DataParallel
+from inference.interrupt import Interrupted, stop_on_signals
 
 EM_MODELS = [name for name in MODELS if name != "vae"]
 
@@ -243,8 +244,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m gallery run: error: {err}", file=sys.stderr)
             return 2
         return launch(without_num_processes(sys.argv[1:] if argv is None else argv), num_processes)
-    parallel = DataParallel.from_environment(config.train.device) if launched > 1 else None
-    return run_here(config, out, parallel)
+    if launched > 1:  # torchrun's processes stop together on torchrun's terms
+        return run_here(config, out, DataParallel.from_environment(config.train.device))
+    with stop_on_signals():  # SIGINT, SIGTERM: stop at the next SVI step, checkpoint, exit 130, 143
+        try:
+            return run_here(config, out, None)
+        except Interrupted as stop:
+            print(f"python -m gallery run: {interrupted_line(stop, out)}", file=sys.stderr)
+            return stop.exit_status
 
 
 def run_here(config: RunConfig, out: Path, parallel: DataParallel | None) -> int:
@@ -277,6 +284,15 @@ def run_here(config: RunConfig, out: Path, parallel: DataParallel | None) -> int
         print(f"note: {warning}")
     print(f"wrote {', '.join(str(out / name) for name in payloads)}")
     return 0
+
+
+def interrupted_line(stop: Interrupted, out: Path) -> str:
+    """The one line printed when SIGINT or SIGTERM stopped the run."""
+    saved = stop.checkpoint is not None or (stop.step is None and (out / "checkpoint.pt").is_file())
+    where = "interrupted" if stop.step is None else f"interrupted at step {stop.step}"
+    if saved:
+        return f"{where}; resume with --resume"
+    return f"{where}; nothing was saved (pass --checkpoint-every N to make a run resumable)"
 
 
 def config_from_args(args: argparse.Namespace, num_processes: int) -> RunConfig:

@@ -30,6 +30,7 @@ from gallery.app.stages import Evaluated, Prepared, RunResult, Setup, elbo_trace
 from gallery.data.fingerprint import fingerprint
 from inference.checkpoint import Checkpointing
 from inference.distributed import DataParallel
+from inference.interrupt import between_steps
 from inference.svi import fit_svi
 
 JOBS = {"em": em_job, "vae": vae_job}  # the model-specific part of a run, by kind
@@ -56,7 +57,7 @@ def fit(
     setup = the_job.setup(prepared, parallel)
     data = prepared.data
     train = config.train
-    svi = fit_svi(
+    svi = between_steps(fit_svi)(  # a signal stops SVI between two steps
         setup.model,
         setup.guide,
         data if parallel is None else data[slice(*parallel.shard(len(data)))],
