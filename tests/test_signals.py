@@ -85,3 +85,27 @@ def test_a_second_signal_exits_at_once():
     )
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip() == "python -m gallery run: interrupted again; exiting at once"
+
+
+def test_resume_if_present_starts_then_resumes_and_resume_alone_needs_a_checkpoint(tmp_path, capsys):
+    """A requeued job's command line: the first time it starts, the next time it resumes."""
+    from tests.test_cli import run_main
+
+    tiny = ["run", "ppca", "--num-steps", "20", "--em-iters", "3", "--eval-particles", "2", "--no-progress"]
+    out = str(tmp_path / "out")
+    assert run_main([*tiny, "--out", out, "--resume"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err
+    assert run_main([*tiny, "--out", out, "--resume-if-present"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--resume-if-present needs --checkpoint-every N")
+    requeued = [*tiny, "--out", out, "--checkpoint-every", "10", "--resume-if-present"]
+    assert run_main(requeued) == 0  # no checkpoint: starts
+    first = (tmp_path / "out" / "metrics.json").read_text()
+    state = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 20
+    saved = (tmp_path / "out" / "checkpoint.pt").stat()
+    assert run_main(requeued) == 0  # resumes from step 20: nothing left to train, nothing saved
+    now = (tmp_path / "out" / "checkpoint.pt").stat()  # a fresh start would have renamed in new files
+    assert (now.st_ino, now.st_mtime_ns) == (saved.st_ino, saved.st_mtime_ns)
+    second = (tmp_path / "out" / "metrics.json").read_text()
+    drop = lambda text: re.sub(r'"\w*seconds": [0-9.e-]+', "", text)  # noqa: E731
+    assert drop(first) == drop(second)

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from gallery.app import compare, figures
-from gallery.app.config import BY_MODEL_HELP, DTYPES, OWN, WHERE, RunConfig, flat, make_config
+from gallery.app.config import BY_MODEL_HELP, DTYPES, OWN, WHERE, RunConfig, flat, make_config, with_settings
 from gallery.app.parsing import OneLineParser
 from gallery.app.pipeline import fit, prepare, render, summary
 from gallery.data import datasets
@@ -183,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--resume", action="store_true", help="continue the SVI run from DIR/checkpoint.pt")
     run.add_argument(
+        "--resume-if-present",
+        action="store_true",
+        help="for requeued jobs: --resume if DIR/checkpoint.pt exists, else start; needs --checkpoint-every",
+    )
+    run.add_argument(
         "--arviz",
         action="store_true",
         help="also write DIR/posterior.nc (ArviZ: draws of the local latents, the ELBO trace) and "
@@ -236,6 +241,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = config_from_args(args, num_processes)
     out = args.out if args.out is not None else Path("runs") / args.model
+    if args.resume_if_present:
+        if args.checkpoint_every is None:
+            print(
+                "python -m gallery run: error: --resume-if-present needs --checkpoint-every N",
+                file=sys.stderr,
+            )
+            return 2
+        config = with_settings(config, resume=args.resume or (out / "checkpoint.pt").is_file())
     if num_processes > 1 and launched == 1:
         try:  # refuse bad input here, once, before any process starts
             check_writable_folder(out)
