@@ -212,7 +212,10 @@ def fit_svi(
         parallel.broadcast_parameters(params, modules)
         grad_hook = parallel.gradient_hook(then=grad_hook)
     optimizer, schedule = make_optimizer(params, lr=lr, num_steps=num_steps, final_lr_ratio=final_lr_ratio)
-    losses = torch.empty(num_steps, dtype=rows.dtype, device=rows.device)
+    try:
+        losses = torch.empty(num_steps, dtype=rows.dtype, device=rows.device)
+    except (RuntimeError, MemoryError):  # torch's allocator: "can't allocate memory"
+        raise ValueError(f"num_steps={num_steps}: no memory for the loss history; use fewer steps") from None
     state = dict(
         params=named_params, modules=modules, optimizer=optimizer, scheduler=schedule, device=rows.device
     )

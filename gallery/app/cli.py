@@ -36,6 +36,7 @@ from inference.distributed import DataParallel
 from inference.interrupt import Interrupted, stop_on_signals
 
 EM_MODELS = [name for name in MODELS if name != "vae"]
+MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy's legacy generator, which takes 0..2**32 - 1
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -46,6 +47,18 @@ def _hidden(text: str) -> tuple[int, ...]:
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"--hidden sizes must be positive, got {text!r}")
     return sizes
+
+
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed takes a whole number, got {text!r}") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"--seed must be between 0 and 2**32 - 1 (NumPy's range), got {seed}"
+        )
+    return seed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gap-steps", type=int, default=defaults.gap_steps, help="SVI steps for the best local q"
     )
     run.add_argument(
-        "--seed", type=int, default=defaults.seed, help="for initial parameters, networks, minibatches"
+        "--seed", type=_seed, default=defaults.seed, help="for initial parameters, networks, minibatches"
     )
     run.add_argument("--out", type=Path, default=None, help="output folder; None: runs/MODEL")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -275,6 +288,11 @@ def run_here(config: RunConfig, out: Path, parallel: DataParallel | None) -> int
         try:
             check_writable_folder(out)
             prepared = prepare(config)
+            if config.train.resume and not (out / "checkpoint.pt").is_file():  # before the lock makes out
+                raise ValueError(
+                    f"no checkpoint at {str(out / 'checkpoint.pt')!r}; start the run without --resume "
+                    "(--resume-if-present starts when there is none)"
+                )
             if parallel is None or parallel.is_root:
                 held.enter_context(output_lock(out))
             with warnings.catch_warnings(record=True) as caught:
@@ -284,7 +302,7 @@ def run_here(config: RunConfig, out: Path, parallel: DataParallel | None) -> int
                     payloads, text = render(result), summary(result)
         except ValueError as err:
             rank = "" if parallel is None else f" (rank {parallel.rank} of {parallel.world_size})"
-            print(f"python -m gallery run{rank}: error: {err}", file=sys.stderr)
+            print(f"python -m gallery run{rank}: error: {one_line(err)}", file=sys.stderr)
             return 2
         finally:
             if parallel is not None:
@@ -297,6 +315,13 @@ def run_here(config: RunConfig, out: Path, parallel: DataParallel | None) -> int
         print(f"note: {warning}")
     print(f"wrote {', '.join(str(out / name) for name in payloads)}")
     return 0
+
+
+def one_line(err: ValueError) -> str:
+    """The error's first line: a library's message (Pyro's constraint errors print the tensor)
+    may run on for many."""
+    lines = str(err).strip().splitlines()
+    return lines[0].rstrip(":") if lines else type(err).__name__
 
 
 def interrupted_line(stop: Interrupted, out: Path) -> str:
