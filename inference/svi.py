@@ -32,7 +32,7 @@ from pyro.infer import ELBO
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from gallery.data.checks import check_data, clock
+from gallery.data.checks import check_data, clock, fitting
 from gallery.data.mapped import MappedRows
 from inference.checkpoint import Checkpointing, restore, rng_state, set_rng_state
 from inference.distributed import DataParallel
@@ -196,15 +196,16 @@ def fit_svi(
     first = next(batches)
     if elbo is None:
         first_model, first_guide, first_data, first_kwargs = inputs(first)
-        elbo = make_elbo(
-            uses_enumeration(first_model, first_guide, first_data, **first_kwargs), num_particles
-        )
+        with fitting(data):  # data of another width than init, decoder or encoder: one line
+            enumerated = uses_enumeration(first_model, first_guide, first_data, **first_kwargs)
+        elbo = make_elbo(enumerated, num_particles)
 
     def loss_fn(subsample: Tensor | None) -> Tensor:
         step_model, step_guide, step_data, kwargs = inputs(subsample)
         return elbo.differentiable_loss(step_model, step_guide, step_data, **kwargs)
 
-    _, named_params = collect_params(loss_fn, first)  # creates every parameter, with its constraint
+    with fitting(data):
+        _, named_params = collect_params(loss_fn, first)  # creates every parameter, with its constraint
     params = list(named_params.values())
     _refuse_guide(guide, rows, parallel)  # an autoguide's sites are known after its first call
     modules = networks(model, guide, model_kwargs)
