@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from gallery.data.files import write_atomic
+from inference.checkpoint_checks import check_archive, check_parts, check_state
 
 FORMAT = "pyro-model-gallery/svi-checkpoint"
 VERSION = 1
@@ -123,6 +124,7 @@ def load_checkpoint(path: Path, *, meta: dict) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no checkpoint at {str(path)!r}; start the run without --resume")
+    check_archive(path)  # every member's CRC, before any byte is unpickled
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -148,8 +150,14 @@ def load_checkpoint(path: Path, *, meta: dict) -> dict:
             f"{str(path)!r} is checkpoint format version {state.get('version')}; this gallery reads "
             f"version {VERSION}"
         )
+    check_parts(state)
     saved = state["meta"]
     for key in sorted(set(saved) | set(meta)):
+        if key == "data_fingerprint" and saved.get(key) != meta.get(key):
+            raise ValueError(
+                f"{str(path)!r} was written for other data ({_described(saved.get(key))}; this run's: "
+                f"{_described(meta.get(key))}); resume on the same data or start a new --out"
+            )
         if saved.get(key) != meta.get(key):
             raise ValueError(
                 f"{str(path)!r} was written with {key}={saved.get(key)!r}, this run has "
@@ -166,22 +174,15 @@ def restore(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     device: torch.device,
+    num_steps: int | None = None,
+    loss_dtype: torch.dtype | None = None,
 ) -> None:
     """Copy a loaded checkpoint into the live parameters (created by a first call of model and
-    guide, with their constraints), networks, optimiser, schedule and generators."""
+    guide, with their constraints), networks, optimiser, schedule and generators, once every
+    part has been checked against them (:func:`~inference.checkpoint_checks.check_state`)."""
+    live = dict(params=params, modules=modules, optimizer=optimizer, scheduler=scheduler, device=device)
+    check_state(state, **live, num_steps=num_steps, loss_dtype=loss_dtype)
     saved = state["params"]
-    if set(saved) != set(params):
-        missing, extra = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
-        raise ValueError(
-            f"the checkpoint's parameters differ from this model and guide's (missing: {missing[:3]}, "
-            f"unexpected: {extra[:3]}); it is from a different model or guide"
-        )
-    for name, tensor in params.items():
-        if saved[name].shape != tensor.shape:
-            raise ValueError(
-                f"parameter {name!r} has shape {tuple(saved[name].shape)} in the checkpoint but "
-                f"{tuple(tensor.shape)} here; it is from a different model size"
-            )
     with torch.no_grad():
         for name, module in modules.items():
             module.load_state_dict(state["modules"][name])
@@ -190,6 +191,13 @@ def restore(
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"], device)
+
+
+def _described(fingerprint: object) -> str:
+    if not isinstance(fingerprint, dict):
+        return "none recorded"
+    digest = str(fingerprint.get("sha256", ""))[:12]
+    return f"shape {tuple(fingerprint.get('shape', ()))} {fingerprint.get('dtype')}, sha256 {digest}..."
 
 
 def _to_cpu(value):

@@ -87,6 +87,9 @@ def fit_em(
     """Exact EM from ``init`` for the model that owns ``init`` (:func:`gallery.models.owner`):
     :func:`run_em` on the module's ``em_steps(data, init, **options)`` (the mixture's options:
     ``reg_covar``, ``chunk_size``)."""
+    loc = getattr(init, "loc", None)
+    if isinstance(data, Tensor):
+        check_data(data, width=None if loc is None else loc.shape[-1], fitted="init's parameters")
     steps = owner(init).em_steps(data, init, **options)
     result = run_em(
         steps.data,

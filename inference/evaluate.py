@@ -14,7 +14,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from gallery.data.checks import check_data
+from gallery.data.checks import check_data, fitting
 from gallery.data.mapped import MappedRows, blocks, mean_over_rows
 from gallery.models import owner
 from gallery.models.common import gaussian_kl
@@ -26,7 +26,8 @@ from inference.svi import make_elbo, uses_enumeration
 
 def log_likelihood(data: Tensor, params) -> Tensor:
     """(N,) exact log p(x_n) under the model that owns ``params`` (mixture, factor analysis, PPCA)."""
-    check_data(data)
+    loc = getattr(params, "loc", None)
+    check_data(data, width=None if loc is None else loc.shape[-1])
     try:
         module = owner(params)
     except ValueError:
@@ -56,13 +57,16 @@ def elbo(
     ``chunk_size`` rows at a time (passed as ``subsample=``, the estimate rescaled), so memory
     stays bounded as N grows. For data on disk, the sum of the ELBOs of its blocks of rows (every
     model's terms sit in the data plate; a guide with a q per row cannot read such data)."""
-    if isinstance(data, MappedRows):
+    if isinstance(data, MappedRows) and num_particles >= 1:
         kwargs = dict(num_particles=num_particles, chunk_size=chunk_size, **model_kwargs)
         return sum(elbo(model, guide, block, **kwargs) for block in blocks(data))
     num_data = check_data(data).shape[0]
+    if num_particles < 1 or chunk_size < 1:
+        raise ValueError(f"num_particles={num_particles} and chunk_size={chunk_size} must be at least 1")
     rows = max(1, ROW_PARTICLES // min(chunk_size, num_particles))
     first = None if num_data <= rows else torch.arange(rows, device=data.device)
-    enumerated = uses_enumeration(model, guide, data, subsample=first, **model_kwargs)
+    with fitting(data):
+        enumerated = uses_enumeration(model, guide, data, subsample=first, **model_kwargs)
     if num_data <= rows:
         return _elbo_of_rows(enumerated, model, guide, data, num_particles, chunk_size, None, model_kwargs)
     return sum(

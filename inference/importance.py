@@ -20,7 +20,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from gallery.data.checks import check_data
+from gallery.data.checks import check_data, fitting
 
 
 @dataclass(frozen=True)
@@ -79,18 +79,19 @@ def importance_estimate(
     num_data = data.shape[0]
     log_likelihood = data.new_empty(num_data)
     elbo = data.new_empty(num_data)
-    for rows in torch.arange(num_data, device=data.device).split(batch_size):
-        running_lse = data.new_full((len(rows),), -math.inf)
-        running_sum = data.new_zeros(len(rows))
-        remaining = num_samples
-        while remaining > 0:
-            size = min(chunk_size, remaining)
-            weights = log_weights(model, guide, data, rows, size, **kwargs)  # (size, B)
-            running_lse = torch.logaddexp(running_lse, weights.logsumexp(0))
-            running_sum += weights.sum(0)
-            remaining -= size
-        log_likelihood[rows] = running_lse - math.log(num_samples)
-        elbo[rows] = running_sum / num_samples
+    with fitting(data):  # data of another width than the decoder or encoder: one line
+        for rows in torch.arange(num_data, device=data.device).split(batch_size):
+            running_lse = data.new_full((len(rows),), -math.inf)
+            running_sum = data.new_zeros(len(rows))
+            remaining = num_samples
+            while remaining > 0:
+                size = min(chunk_size, remaining)
+                weights = log_weights(model, guide, data, rows, size, **kwargs)  # (size, B)
+                running_lse = torch.logaddexp(running_lse, weights.logsumexp(0))
+                running_sum += weights.sum(0)
+                remaining -= size
+            log_likelihood[rows] = running_lse - math.log(num_samples)
+            elbo[rows] = running_sum / num_samples
     return ImportanceEstimate(log_likelihood, elbo, num_samples)
 
 

@@ -32,11 +32,12 @@ from pyro.infer import ELBO
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from gallery.data.checks import check_data, clock
+from gallery.data.checks import check_data, clock, fitting
 from gallery.data.mapped import MappedRows
 from inference.checkpoint import Checkpointing, restore, rng_state, set_rng_state
 from inference.distributed import DataParallel
 from inference.estimators import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
+from inference.interrupt import Interrupted, requested
 from inference.per_datum import keeps_q_per_datum
 
 MAX_PLATE_NESTING = 1  # every gallery model has one plate, "data"
@@ -195,15 +196,16 @@ def fit_svi(
     first = next(batches)
     if elbo is None:
         first_model, first_guide, first_data, first_kwargs = inputs(first)
-        elbo = make_elbo(
-            uses_enumeration(first_model, first_guide, first_data, **first_kwargs), num_particles
-        )
+        with fitting(data):  # data of another width than init, decoder or encoder: one line
+            enumerated = uses_enumeration(first_model, first_guide, first_data, **first_kwargs)
+        elbo = make_elbo(enumerated, num_particles)
 
     def loss_fn(subsample: Tensor | None) -> Tensor:
         step_model, step_guide, step_data, kwargs = inputs(subsample)
         return elbo.differentiable_loss(step_model, step_guide, step_data, **kwargs)
 
-    _, named_params = collect_params(loss_fn, first)  # creates every parameter, with its constraint
+    with fitting(data):
+        _, named_params = collect_params(loss_fn, first)  # creates every parameter, with its constraint
     params = list(named_params.values())
     _refuse_guide(guide, rows, parallel)  # an autoguide's sites are known after its first call
     modules = networks(model, guide, model_kwargs)
@@ -211,7 +213,10 @@ def fit_svi(
         parallel.broadcast_parameters(params, modules)
         grad_hook = parallel.gradient_hook(then=grad_hook)
     optimizer, schedule = make_optimizer(params, lr=lr, num_steps=num_steps, final_lr_ratio=final_lr_ratio)
-    losses = torch.empty(num_steps, dtype=rows.dtype, device=rows.device)
+    try:
+        losses = torch.empty(num_steps, dtype=rows.dtype, device=rows.device)
+    except (RuntimeError, MemoryError):  # torch's allocator: "can't allocate memory"
+        raise ValueError(f"num_steps={num_steps}: no memory for the loss history; use fewer steps") from None
     state = dict(
         params=named_params, modules=modules, optimizer=optimizer, scheduler=schedule, device=rows.device
     )
@@ -255,6 +260,8 @@ def _train(
                 _check_finite(losses, t, params, run.note, run.parallel)
                 bar.set_postfix(elbo_per_datum=f"{-float(losses[t]) / num_data:.4f}")
             run.after_step(t + 1, params)
+            if (signum := requested()) is not None:  # SIGINT or SIGTERM: stop at this boundary
+                run.stop(t + 1, params, signum)
 
 
 def _check_arguments(
@@ -375,11 +382,7 @@ class RunState:
         self.losses, self.state = losses, state
         num_steps = len(losses)
         if self.resumed is not None:
-            if not self.resumed["step"] <= num_steps:
-                raise ValueError(
-                    f"the checkpoint is at step {self.resumed['step']}, past --num-steps {num_steps}"
-                )
-            restore(self.resumed, **state)
+            restore(self.resumed, **state, num_steps=num_steps, loss_dtype=losses.dtype)
             losses[: self.start_step] = self.resumed["losses"].to(losses)
             if self.parallel is not None:  # restore() set rank 0's generators; each rank takes its own
                 _restore_rank_generators(self.resumed, self.parallel, state["device"])
@@ -392,6 +395,16 @@ class RunState:
             _check_finite(self.losses, steps_done - 1, params, self.note, self.parallel)
             self._sum_losses(steps_done)
             self._save(steps_done)
+
+    def stop(self, steps_done: int, params: list[Tensor], signum: int) -> None:
+        """Save the state after ``steps_done`` steps (when the run has a checkpoint and it is
+        not saved already) and raise :class:`~inference.interrupt.Interrupted`."""
+        checkpoint = self.checkpoint
+        if checkpoint is not None and not checkpoint.due(steps_done, len(self.losses)):
+            _check_finite(self.losses, steps_done - 1, params, self.note, self.parallel)
+            self._sum_losses(steps_done)
+            self._save(steps_done)
+        raise Interrupted(signum, steps_done, None if checkpoint is None else checkpoint.path)
 
     def finish(self, params: list[Tensor]) -> None:
         num_steps = len(self.losses)

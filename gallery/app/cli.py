@@ -23,7 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from gallery.app import compare, figures, models_table
-from gallery.app.config import BY_MODEL_HELP, DTYPES, OWN, WHERE, RunConfig, flat, make_config
+from gallery.app.config import BY_MODEL_HELP, DTYPES, OWN, WHERE, RunConfig, flat, make_config, with_settings
 from gallery.app.parsing import OneLineParser
 from gallery.app.pipeline import fit, prepare, render, summary
 from gallery.data import datasets
@@ -33,8 +33,10 @@ from gallery.report.atomic import check_writable_folder, write_all_atomic
 from gallery.report.lock import output_lock
 from guides.registry import GUIDES
 from inference.distributed import DataParallel
+from inference.interrupt import Interrupted, stop_on_signals
 
 EM_MODELS = [name for name in MODELS if name != "vae"]
+MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy's legacy generator, which takes 0..2**32 - 1
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -45,6 +47,18 @@ def _hidden(text: str) -> tuple[int, ...]:
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"--hidden sizes must be positive, got {text!r}")
     return sizes
+
+
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed takes a whole number, got {text!r}") from None
+    if not 0 <= seed <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"--seed must be between 0 and 2**32 - 1 (NumPy's range), got {seed}"
+        )
+    return seed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gap-steps", type=int, default=defaults.gap_steps, help="SVI steps for the best local q"
     )
     run.add_argument(
-        "--seed", type=int, default=defaults.seed, help="for initial parameters, networks, minibatches"
+        "--seed", type=_seed, default=defaults.seed, help="for initial parameters, networks, minibatches"
     )
     run.add_argument("--out", type=Path, default=None, help="output folder; None: runs/MODEL")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -195,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="SVI steps; writes DIR/checkpoint.pt (and at the end)",
     )
     run.add_argument("--resume", action="store_true", help="continue the SVI run from DIR/checkpoint.pt")
+    run.add_argument(
+        "--resume-if-present",
+        action="store_true",
+        help="for requeued jobs: --resume if DIR/checkpoint.pt exists, else start; needs --checkpoint-every",
+    )
     run.add_argument(
         "--arviz",
         action="store_true",
@@ -251,6 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = config_from_args(args, num_processes)
     out = args.out if args.out is not None else Path("runs") / args.model
+    if args.resume_if_present:
+        if args.checkpoint_every is None:
+            print(
+                "python -m gallery run: error: --resume-if-present needs --checkpoint-every N",
+                file=sys.stderr,
+            )
+            return 2
+        config = with_settings(config, resume=args.resume or (out / "checkpoint.pt").is_file())
     if num_processes > 1 and launched == 1:
         try:  # refuse bad input here, once, before any process starts
             check_writable_folder(out)
@@ -259,8 +286,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"python -m gallery run: error: {err}", file=sys.stderr)
             return 2
         return launch(without_num_processes(sys.argv[1:] if argv is None else argv), num_processes)
-    parallel = DataParallel.from_environment(config.train.device) if launched > 1 else None
-    return run_here(config, out, parallel)
+    if launched > 1:  # torchrun's processes stop together on torchrun's terms
+        return run_here(config, out, DataParallel.from_environment(config.train.device))
+    with stop_on_signals():  # SIGINT, SIGTERM: stop at the next SVI step, checkpoint, exit 130, 143
+        try:
+            return run_here(config, out, None)
+        except Interrupted as stop:
+            print(f"python -m gallery run: {interrupted_line(stop, out)}", file=sys.stderr)
+            return stop.exit_status
 
 
 def run_here(config: RunConfig, out: Path, parallel: DataParallel | None) -> int:
@@ -271,6 +304,11 @@ def run_here(config: RunConfig, out: Path, parallel: DataParallel | None) -> int
         try:
             check_writable_folder(out)
             prepared = prepare(config)
+            if config.train.resume and not (out / "checkpoint.pt").is_file():  # before the lock makes out
+                raise ValueError(
+                    f"no checkpoint at {str(out / 'checkpoint.pt')!r}; start the run without --resume "
+                    "(--resume-if-present starts when there is none)"
+                )
             if parallel is None or parallel.is_root:
                 held.enter_context(output_lock(out))
             with warnings.catch_warnings(record=True) as caught:
@@ -280,7 +318,7 @@ def run_here(config: RunConfig, out: Path, parallel: DataParallel | None) -> int
                     payloads, text = render(result), summary(result)
         except ValueError as err:
             rank = "" if parallel is None else f" (rank {parallel.rank} of {parallel.world_size})"
-            print(f"python -m gallery run{rank}: error: {err}", file=sys.stderr)
+            print(f"python -m gallery run{rank}: error: {one_line(err)}", file=sys.stderr)
             return 2
         finally:
             if parallel is not None:
@@ -293,6 +331,22 @@ def run_here(config: RunConfig, out: Path, parallel: DataParallel | None) -> int
         print(f"note: {warning}")
     print(f"wrote {', '.join(str(out / name) for name in payloads)}")
     return 0
+
+
+def one_line(err: ValueError) -> str:
+    """The error's first line: a library's message (Pyro's constraint errors print the tensor)
+    may run on for many."""
+    lines = str(err).strip().splitlines()
+    return lines[0].rstrip(":") if lines else type(err).__name__
+
+
+def interrupted_line(stop: Interrupted, out: Path) -> str:
+    """The one line printed when SIGINT or SIGTERM stopped the run."""
+    saved = stop.checkpoint is not None or (stop.step is None and (out / "checkpoint.pt").is_file())
+    where = "interrupted" if stop.step is None else f"interrupted at step {stop.step}"
+    if saved:
+        return f"{where}; resume with --resume"
+    return f"{where}; nothing was saved (pass --checkpoint-every N to make a run resumable)"
 
 
 def config_from_args(args: argparse.Namespace, num_processes: int) -> RunConfig:

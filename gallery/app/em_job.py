@@ -18,6 +18,7 @@ from torch import Tensor
 from gallery.app.checks import check_processes, check_settings, check_stream
 from gallery.app.config import RunConfig
 from gallery.app.metrics import Baseline, Evaluation
+from gallery.app.resources import check_resources
 from gallery.app.stages import Evaluated, Prepared, RunResult, Setup, elbo_trace
 from gallery.data import datasets, mapped
 from gallery.models import MODELS
@@ -53,6 +54,7 @@ def prepare(config: RunConfig, dataset: datasets.Dataset | None = None) -> Prepa
     num_data, obs_dim = data.shape
     if train.batch_size is not None and not 1 <= train.batch_size <= num_data:
         raise ValueError(f"--batch-size {train.batch_size} must be between 1 and the {num_data} rows")
+    check_resources(config, num_data, obs_dim, batch_size=train.batch_size, device=device)
     per_datum = keeps_q_per_datum(config.guide, latent=MODELS[config.model].LATENT)
     if config.data.stream:
         check_stream(config, per_datum)

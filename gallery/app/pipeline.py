@@ -28,8 +28,10 @@ from gallery.app.config import RunConfig, flat
 from gallery.app.metrics import Header, Training, metrics_dict
 from gallery.app.stages import Evaluated, Prepared, RunResult, Setup, elbo_trace
 from gallery.data import Dataset
+from gallery.data.fingerprint import fingerprint
 from inference.checkpoint import Checkpointing
 from inference.distributed import DataParallel
+from inference.interrupt import between_steps
 from inference.svi import fit_svi
 
 JOBS = {"em": em_job, "vae": vae_job}  # the model-specific part of a run, by kind
@@ -54,11 +56,11 @@ def fit(
     ranks of ``parallel`` return ``None``."""
     config, the_job = prepared.config, job(prepared.config)
     start = time.perf_counter()
-    checkpoint = checkpointing(config, out)
+    checkpoint = checkpointing(config, out, prepared.data)
     setup = the_job.setup(prepared, parallel)
     data = prepared.data
     train = config.train
-    svi = fit_svi(
+    svi = between_steps(fit_svi)(  # a signal stops SVI between two steps
         setup.model,
         setup.guide,
         data if parallel is None else data[slice(*parallel.shard(len(data)))],
@@ -109,9 +111,10 @@ CHECKPOINT_FREE = {  # settings a resumed run may change
 }
 
 
-def checkpointing(config: RunConfig, out: Path | None) -> Checkpointing | None:
+def checkpointing(config: RunConfig, out: Path | None, data=None) -> Checkpointing | None:
     """``out/checkpoint.pt`` every ``--checkpoint-every`` steps, or resumed with ``--resume``; the
-    checkpoint records every setting a resumed run must share."""
+    checkpoint records every setting a resumed run must share, and a fingerprint of ``data``
+    (all of it, before it is split over processes; :func:`gallery.data.fingerprint.fingerprint`)."""
     train = config.train
     if train.checkpoint_every is None and not train.resume:
         return None
@@ -122,6 +125,8 @@ def checkpointing(config: RunConfig, out: Path | None) -> Checkpointing | None:
         for key, value in flat(config).items()
         if key not in CHECKPOINT_FREE
     }
+    if data is not None:
+        meta["data_fingerprint"] = fingerprint(data)
     if train.num_processes > 1:  # shards and minibatches depend on it (absent: 1 process)
         meta["world_size"] = train.num_processes
     return Checkpointing(Path(out) / "checkpoint.pt", train.checkpoint_every, train.resume, meta)

@@ -20,6 +20,7 @@ import guides
 from gallery.app.checks import check_processes, check_settings
 from gallery.app.config import RunConfig
 from gallery.app.metrics import Baseline, Evaluation
+from gallery.app.resources import check_resources
 from gallery.app.stages import Evaluated, Prepared, RunResult, Setup, elbo_trace
 from gallery.data import datasets
 from gallery.models import linear_gaussian, vae
@@ -62,6 +63,7 @@ def prepare(config: RunConfig, dataset: datasets.Dataset | None = None) -> Prepa
     train_rows, heldout_rows = perm[num_heldout:], perm[:num_heldout]
     if not 1 <= config.train.batch_size:
         raise ValueError(f"--batch-size must be at least 1, got {config.train.batch_size}")
+    check_resources(config, num_data, obs_dim, batch_size=config.train.batch_size, device=device)
     per_datum = keeps_q_per_datum(config.guide, latent=vae.LATENT)
     check_processes(config, num_data - num_heldout, per_datum, batch_size=None)  # clipped to the shard
     to = dict(device=device, dtype=config.torch_dtype)
@@ -87,6 +89,12 @@ def _check_vae_settings(config: RunConfig) -> None:
     noise = settings.noise_variance
     if noise is not None and not (math.isfinite(noise) and noise > 0):
         raise ValueError(f"--noise-variance must be a positive number, got {noise}")
+    dtype = torch.finfo(config.torch_dtype)
+    if noise is not None and not dtype.tiny <= noise <= dtype.max:
+        raise ValueError(
+            f"--noise-variance {noise!r} is outside what {config.train.dtype} holds ({dtype.tiny:.3g} to "
+            f"{dtype.max:.3g}); use a variance in that range"
+        )
     if settings.likelihood not in vae.LIKELIHOODS:
         choices = ", ".join(vae.LIKELIHOODS)
         raise ValueError(f"unknown likelihood {settings.likelihood!r}; choose one of {choices}")

@@ -271,6 +271,7 @@ def posterior(data: Tensor, params: LinearGaussianParams) -> tuple[Tensor, Tenso
 def log_likelihood(data: Tensor, params: LinearGaussianParams) -> Tensor:
     """(N,) exact log N(x_n; loc, W W^T + diag(psi)), by the Woodbury identity and the matrix
     determinant lemma: O(N d p), no d x d factorisation."""
+    check_data(data, width=params.loc.shape[-1])
     chol, weighted = precision_cholesky(params)
     resid = data - params.loc  # (N, d)
     projected = resid @ weighted.T  # (N, p) = W^T Psi^{-1} r

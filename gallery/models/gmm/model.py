@@ -364,6 +364,7 @@ def joint_log_prob(data: Tensor, params: GMMParams) -> Tensor:
 
 def log_likelihood(data: Tensor, params: GMMParams) -> Tensor:
     """(N,) exact log p(x_n) = logsumexp_k log p(x_n, c_n = k)."""
+    check_data(data, width=params.loc.shape[-1])
     return joint_log_prob(data, params).logsumexp(-1)
 
 
