@@ -154,16 +154,22 @@ def build_decoder(config: RunConfig, train: Tensor) -> vae.Decoder:
     return decoder
 
 
+GUIDE_NAME = "vae.guide"
+
+
 def build_guide(config: RunConfig, train: Tensor):
-    """The amortised encoder (affine with ``--decoder linear``), or per-datapoint tables."""
+    """The amortised encoder (affine with ``--decoder linear``), or per-datapoint tables, named
+    ``vae.guide`` in every process (as :func:`guides.registry.make_guide` names the other models'),
+    so that a checkpoint, which stores parameters by site name, resumes in this process or another."""
     if config.guide == "mean-field":
-        return guides.MeanFieldNormal(train.shape[0], config.latent_dim)
+        return guides.MeanFieldNormal(train.shape[0], config.latent_dim, name=GUIDE_NAME)
     encoder = guides.AmortisedNormal(
         train.shape[1],
         config.latent_dim,
         hidden=config.hidden,
         covariance="full" if config.guide == "amortised-full" else "diag",
         activation=config.vae.activation,
+        name=GUIDE_NAME,
         **guides.input_scaling(train),
     )
     return encoder.to(device=train.device, dtype=train.dtype)
