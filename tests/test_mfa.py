@@ -19,7 +19,10 @@ from inference.em import fit_em, run_em
 from inference.evaluate import decompose
 from inference.svi import fit_svi
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:EM did not converge:UserWarning"),
+]
 
 
 def iris() -> torch.Tensor:
