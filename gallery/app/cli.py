@@ -26,6 +26,7 @@ from gallery.app import compare, figures, models_table
 from gallery.app.config import BY_MODEL_HELP, DTYPES, OWN, WHERE, RunConfig, flat, make_config, with_settings
 from gallery.app.parsing import OneLineParser
 from gallery.app.pipeline import fit, prepare, render, summary
+from gallery.app.threads import add_threads_argument
 from gallery.data import datasets
 from gallery.models import MODELS
 from gallery.models.vae import ACTIVATIONS, LIKELIHOODS
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-constant-columns", action="store_true", help="drop columns with one value (recorded)"
     )
     run.add_argument("--device", default=defaults.device, help="cpu or cuda")
+    add_threads_argument(run)
     run.add_argument(
         "--dtype",
         default=None,

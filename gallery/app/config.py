@@ -41,6 +41,7 @@ class TrainConfig:
     dtype: str = "float64"  # of the data and SVI; vae: float32
     seed: int = 0  # initial parameters, networks, minibatches
     progress: bool = True
+    threads: int | None = None  # CPU threads for torch; None: torch's default
     checkpoint_every: int | None = None  # None: no checkpoints
     resume: bool = False
     num_processes: int = 1  # data-parallel SVI processes; batch_size is then per process
