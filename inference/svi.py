@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from gallery.data.checks import check_data, clock, fitting
 from gallery.data.mapped import MappedRows
 from inference.checkpoint import Checkpointing, restore, rng_state, set_rng_state
+from inference.compiled import check_compile, compile_step, compiled_svi_step
 from inference.distributed import DataParallel
 from inference.estimators import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
 from inference.interrupt import Interrupted, requested
@@ -49,6 +50,8 @@ class SVIResult:
     num_steps: int
     seconds: float
     elbo: str  # the estimator used: "Trace_ELBO" or "TraceEnum_ELBO"
+    compiled: str = "off"  # how the steps ran: "off" (eager, also after a fallback), "graph", "inductor"
+    compile_seconds: float = 0.0  # tracing and compiling the step, within ``seconds``
 
 
 def uses_enumeration(model: Callable, guide: Callable, *args, **kwargs) -> bool:
@@ -157,6 +160,7 @@ def fit_svi(
     grad_hook: Callable[[list[Tensor]], None] | None = None,
     checkpoint: Checkpointing | None = None,
     parallel: DataParallel | None = None,
+    compile: str = "off",
     **model_kwargs,
 ) -> SVIResult:
     """Fit ``model`` and ``guide`` to ``data`` (N, D) by SVI with Adam.
@@ -181,11 +185,16 @@ def fit_svi(
         finiteness checks are collective: a non-finite loss or parameter on one rank stops
         every rank with a ``ValueError`` naming it. The returned losses are
         summed over the ranks: the whole data's estimate.
+    :param compile: ``"graph"`` traces the step (loss and gradients) into one graph after the
+        first call has created every parameter, on CPU bit for bit the eager step; ``"inductor"``
+        compiles that graph with ``torch.compile`` (:mod:`inference.compiled`). A step that cannot
+        be traced runs eagerly, with one warning.
     :param model_kwargs: passed to both model and guide (the same signature).
     :returns: the loss history; the fitted parameters are in Pyro's param store.
     """
     rows = step_rows(data)
     _check_arguments(rows, num_steps, batch_size, num_particles, seed)
+    check_compile(compile)
     batch_seed = (seed or 0) if parallel is None else parallel.batch_seed(seed or 0)
     _refuse_guide(guide, rows, parallel)
     if parallel is not None or seed is not None:
@@ -223,10 +232,15 @@ def fit_svi(
     run.begin(losses, state)
     start = clock(data)
     step = partial(svi_step, loss_fn, params, optimizer, grad_hook=grad_hook)
+    compiled = compile_step(compile, loss_fn, params, rows.on_disk)
+    if compiled is not None:
+        step = partial(compiled_svi_step, compiled, params, optimizer, grad_hook=grad_hook)
     _train(step, schedule, batches, first, run, params, progress, rows.num_data)
     run.finish(params)
     seconds = clock(data) - start
-    return SVIResult(losses.cpu(), num_steps, seconds, getattr(elbo, "estimator", type(elbo).__name__))
+    estimator = getattr(elbo, "estimator", type(elbo).__name__)
+    used, compile_seconds = ("off", 0.0) if compiled is None else compiled.outcome()
+    return SVIResult(losses.cpu(), num_steps, seconds, estimator, used, compile_seconds)
 
 
 def _train(

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 from gallery.app import compare, figures, models_table
 from gallery.app.config import BY_MODEL_HELP, DTYPES, OWN, WHERE, RunConfig, flat, make_config, with_settings
-from gallery.app.parsing import OneLineParser
+from gallery.app.parsing import OneLineParser, add_compile_argument
 from gallery.app.pipeline import fit, prepare, render, summary
 from gallery.app.threads import add_threads_argument
 from gallery.data import datasets
@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--arviz-draws", type=int, default=defaults.arviz_draws, help="posterior draws for --arviz"
     )
+    add_compile_argument(run)
     run.add_argument(
         "--num-processes",
         type=int,

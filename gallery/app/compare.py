@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gallery.app.config import make_config
-from gallery.app.parsing import OneLineParser
+from gallery.app.parsing import OneLineParser, add_compile_argument
 from gallery.app.pipeline import fit, prepare
 from gallery.app.threads import add_threads_argument, check_threads, using_threads
 from gallery.app.vae_job import VAE_GUIDES
@@ -96,6 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_argument(parser)
+    add_compile_argument(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +120,9 @@ def chosen_settings(args: argparse.Namespace) -> Settings:
 def plan(args: argparse.Namespace) -> list:
     """Every (model, guide) fit, prepared and checked before anything is computed."""
     settings = chosen_settings(args)
-    common = dict(num_steps=settings.num_steps, device=args.device, seed=args.seed, progress=False)
+    common = dict(
+        num_steps=settings.num_steps, device=args.device, seed=args.seed, progress=False, compile=args.compile
+    )
     fits = []
     for model in EM_MODELS:
         if getattr(EM_MODELS[model], "LATENTS", None) == ("c", "z"):

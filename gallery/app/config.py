@@ -47,6 +47,7 @@ class TrainConfig:
     num_processes: int = 1  # data-parallel SVI processes; batch_size is then per process
     arviz: bool = False  # posterior draws of the local latents and the ELBO trace
     arviz_draws: int = 100
+    compile: str = "off"  # the step as one traced graph: off, graph, inductor (inference.compiled)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from gallery.app.checks import check_device
-from gallery.app.parsing import OneLineParser
+from gallery.app.parsing import OneLineParser, add_compile_argument
 from gallery.app.threads import add_threads_argument, check_threads, using_threads
 from gallery.data import datasets
 from gallery.report.atomic import check_writable_folder, write_all_atomic
@@ -72,6 +72,7 @@ def fit_vae(settings: Settings):
         device=str(settings.device),
         seed=settings.seed,
         progress=False,
+        compile=settings.compile,
     )
     prepared = prepare(config)
     return fit(prepared, settings.out), prepared  # writes nothing there: no checkpoint is asked for
@@ -115,6 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/figures"), help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_threads_argument(parser)
+    add_compile_argument(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -131,6 +133,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     command += [] if args.num_steps is None else ["--num-steps", str(args.num_steps)]
     command += [] if device.type == "cpu" else ["--device", args.device]
     command += [] if args.seed == 0 else ["--seed", str(args.seed)]
+    command += [] if args.compile == "off" else ["--compile", args.compile]
     command += ["--out", shlex.quote(str(args.out))]
     return Settings(
         num_steps=num_steps,
@@ -141,6 +144,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         seed=args.seed,
         out=Path(args.out),
         command=" ".join(command),
+        compile=args.compile,
     )
 
 

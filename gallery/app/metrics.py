@@ -62,10 +62,13 @@ def metrics_dict(
     extras: dict,
     seconds: float,
     threads: int,
+    compiled: dict | None = None,
 ) -> dict:
     """``header, sizes (num_data, ..., the model's settings), training, evaluation, baseline,
-    svi_seconds, em_seconds, world_size, extras, seconds, threads``: the keys of
-    ``metrics.json`` (``threads``: torch's CPU threads during the run, ``--threads``)."""
+    svi_seconds, em_seconds, world_size, extras, seconds, threads, compiled``: the keys of
+    ``metrics.json`` (``threads``: torch's CPU threads during the run, ``--threads``;
+    ``compiled``: ``compile`` as asked by ``--compile``, ``compiled`` as the steps ran, "off"
+    after a fallback to eager, and ``compile_seconds``)."""
     return {
         **_items(header),
         **sizes,
@@ -78,6 +81,7 @@ def metrics_dict(
         **extras,
         "seconds": seconds,
         "threads": threads,
+        **(compiled or {}),
     }
 
 

@@ -80,6 +80,7 @@ def _fit(
         progress=train.progress,
         checkpoint=checkpoint,
         parallel=parallel,
+        compile=train.compile,
         **setup.model_kwargs,
     )
     if parallel is not None and not parallel.is_root:
@@ -103,6 +104,7 @@ def _fit(
         extras=done.extras,
         seconds=time.perf_counter() - start,
         threads=threads,
+        compiled={"compile": train.compile, "compiled": svi.compiled, "compile_seconds": svi.compile_seconds},
     )
     return RunResult(metrics, svi, prepared, setup, done.fitted)
 
@@ -118,6 +120,7 @@ CHECKPOINT_FREE = {  # settings a resumed run may change
     "arviz_draws",
     "num_processes",
     "threads",
+    "compile",
 }
 
 

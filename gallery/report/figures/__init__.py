@@ -35,6 +35,7 @@ class Settings:
     seed: int
     out: Path  # where the files go, and nothing else
     command: str  # how to make these figures again, for index.md
+    compile: str = "off"  # SVI's step (inference.compiled): off, graph, inductor
 
 
 @dataclass(frozen=True)

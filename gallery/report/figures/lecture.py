@@ -152,6 +152,7 @@ def em_vs_svi_figure(settings: Settings, iris: datasets.Dataset) -> tuple[Figure
             lr=0.05,
             seed=settings.seed,
             progress=False,
+            compile=settings.compile,
             **kwargs,
         )
         traces[name] = -svi.losses.double() / len(data)
@@ -263,6 +264,7 @@ def decomposition_figure(settings: Settings, fit: PPCAFit) -> Figure:
                 num_particles=8,
                 seed=settings.seed,
                 progress=False,
+                compile=settings.compile,
                 **kwargs,
             )
             if not torch.equal(ppca.current_params().loading, params.loading):
