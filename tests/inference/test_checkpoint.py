@@ -33,7 +33,17 @@ def small_vae(device="cpu"):
     return data, decoder, encoder
 
 
-def train(path, *, resume=False, stop_at=None, num_steps=NUM_STEPS, meta=None, hook=None, device="cpu"):
+def train(
+    path,
+    *,
+    resume=False,
+    stop_at=None,
+    num_steps=NUM_STEPS,
+    meta=None,
+    hook=None,
+    device="cpu",
+    compile="off",
+):
     data, decoder, encoder = small_vae(device)
     calls = {"n": 0}
 
@@ -56,6 +66,7 @@ def train(path, *, resume=False, stop_at=None, num_steps=NUM_STEPS, meta=None, h
         progress=False,
         grad_hook=grad_hook,
         checkpoint=checkpoint,
+        compile=compile,
         decoder=decoder,
     )
     store = pyro.get_param_store()
