@@ -14,6 +14,12 @@ and identical eps (the RNG seeded before each call) and must agree in loss and g
 stock ``SVI`` with ``Trace_ELBO`` and ``JitTrace_ELBO`` are timed as extra figures. The variants
 take turns within each repeat, so a busy machine slows them alike. Prints one JSON object.
 
+Compiled rows (``--compiled``, the default): ours with ``compile="graph"`` and ``"inductor"``
+(:mod:`inference.compiled`, the step as ``fit_svi(compile=...)`` runs it), and the baseline's
+loss under ``torch.compile`` (the hand-written compiled step: its backward compiled by
+AOTAutograd, Adam as in every row). Their first call, untimed, traces and compiles; its seconds
+are reported as ``compile_s``.
+
 References:
     1. Pyro's VAE tutorial, https://pyro.ai/examples/vae.html (``examples/vae/vae.py``).
     2. D. P. Kingma and M. Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
@@ -39,6 +45,7 @@ from torch.nn.functional import binary_cross_entropy_with_logits, softplus
 
 from gallery.models import vae
 from guides import AmortisedNormal
+from inference.compiled import CompiledStep, compiled_svi_step
 from inference.svi import collect_params, make_elbo, make_optimizer, minibatches, svi_step, uses_enumeration
 
 LR, FINAL_LR_RATIO = 1e-3, 0.1  # Pyro's VAE example; fit_svi's default decay
@@ -73,8 +80,9 @@ def lr_lambda(total_steps: int) -> Callable[[int], float]:
     return lambda t: FINAL_LR_RATIO ** (t / total_steps)
 
 
-def ours(args, data: Tensor, first: Tensor, total_steps: int):
-    """(step, loss_fn, named params, decoder, guide), set up exactly as ``fit_svi`` sets them up."""
+def ours(args, data: Tensor, first: Tensor, total_steps: int, compile: str = "off"):
+    """(step, loss_fn, named params, decoder, guide), set up exactly as ``fit_svi`` sets them up,
+    with its step compiled as ``fit_svi(compile=...)`` compiles it."""
     decoder, guide = build_vae(args, data)
     enumerate_discrete = uses_enumeration(vae.model, guide, data, subsample=first, decoder=decoder)
     elbo = make_elbo(enumerate_discrete, num_particles=1)
@@ -86,8 +94,13 @@ def ours(args, data: Tensor, first: Tensor, total_steps: int):
     params = list(named_params.values())
     optimizer, schedule = make_optimizer(params, lr=LR, num_steps=total_steps, final_lr_ratio=FINAL_LR_RATIO)
 
+    compiled = None if compile == "off" else CompiledStep(loss_fn, params, compile)
+
     def step(subsample: Tensor) -> Tensor:
-        loss = svi_step(loss_fn, params, optimizer, subsample)
+        if compiled is None:
+            loss = svi_step(loss_fn, params, optimizer, subsample)
+        else:
+            loss = compiled_svi_step(compiled, params, optimizer, subsample)
         schedule.step()
         return loss
 
@@ -121,8 +134,11 @@ class PlainVAE(nn.Module):
         return -(num_data / x.shape[0]) * (log_lik + log_prior - log_q).sum()
 
 
-def baseline(args, data: Tensor, decoder: vae.Decoder, guide: AmortisedNormal, total_steps: int):
-    """(step, module): the plain loop, starting from the weights of ``decoder`` and ``guide``."""
+def baseline(
+    args, data: Tensor, decoder: vae.Decoder, guide: AmortisedNormal, total_steps: int, compiled: bool = False
+):
+    """(step, module): the plain loop, starting from the weights of ``decoder`` and ``guide``;
+    with ``compiled`` its loss (and so its backward) under ``torch.compile``."""
     plain = PlainVAE(args.obs_dim, args.latent_dim, args.hidden, args.likelihood).to(data)
     plain.encoder.load_state_dict(guide.net.state_dict())
     plain.decoder.load_state_dict(decoder.net.state_dict())
@@ -133,10 +149,11 @@ def baseline(args, data: Tensor, decoder: vae.Decoder, guide: AmortisedNormal, t
         list(plain.parameters()), lr=LR, num_steps=total_steps, final_lr_ratio=FINAL_LR_RATIO
     )
     num_data = data.shape[0]
+    forward = torch.compile(plain, fullgraph=True, dynamic=False) if compiled else plain
 
     def step(subsample: Tensor) -> Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss = plain(data[subsample], num_data)
+        loss = forward(data[subsample], num_data)
         loss.backward()
         optimizer.step()
         schedule.step()
@@ -256,6 +273,19 @@ def main(args) -> dict:
             errors[name] = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
             variants.pop(name, None)
 
+    compile_s = {}
+    if args.compiled:
+        for name, mode in (("graph", "graph"), ("inductor", "inductor"), ("baseline_compiled", None)):
+            with param_store.scope() as scopes[name], pyro.validation_enabled(False):
+                if mode is None:
+                    _, _, _, decoder_c, guide_c = ours(args, data, first, total_steps)
+                    variants[name], _ = baseline(args, data, decoder_c, guide_c, total_steps, compiled=True)
+                else:
+                    variants[name] = ours(args, data, first, total_steps, compile=mode)[0]
+                start = time.perf_counter()
+                variants[name](first)  # traces and compiles
+                compile_s[name] = time.perf_counter() - start
+
     times: dict[str, list[float]] = {name: [] for name in variants}
     with pyro.validation_enabled(False):
         for name, step in variants.items():
@@ -276,6 +306,13 @@ def main(args) -> dict:
     for name in ("pyro_svi", "pyro_jit_svi"):
         result[f"{name}_s"] = median.get(name, errors.get(name))
         result[f"{name}_ratio"] = median[name] / median["baseline"] if name in median else None
+    for name in ("graph", "inductor", "baseline_compiled"):
+        result[f"{name}_s"] = median.get(name)
+        result[f"{name}_ratio"] = median[name] / median["baseline"] if name in median else None
+    if args.compiled:
+        result["inductor_vs_baseline_compiled"] = median["inductor"] / median["baseline_compiled"]
+        result["graph_vs_ours"] = median["graph"] / median["ours"]
+        result["compile_s"] = compile_s
     loss_match, grad_match, ours_loss, plain_loss = match
     result |= {
         "loss_match": loss_match,
@@ -320,6 +357,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps of each variant first")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-compiled",
+        dest="compiled",
+        action="store_false",
+        help="leave out the compiled rows (graph, inductor, the baseline under torch.compile)",
+    )
     args = parser.parse_args(argv)
     require_at_least_one(parser, args, "batch_size", "obs_dim", "hidden", "latent_dim")
     require_at_least_one(parser, args, "steps", "repeats", "num_data", "threads")

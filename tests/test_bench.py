@@ -14,7 +14,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "3", "--repeats", "1", "--warmup", "1", "--batch-size", "8"]
-TINY += ["--obs-dim", "16", "--hidden", "8", "--latent-dim", "2", "--threads", "1"]
+TINY += [
+    "--obs-dim",
+    "16",
+    "--hidden",
+    "8",
+    "--latent-dim",
+    "2",
+    "--threads",
+    "1",
+    "--no-compiled",
+]  # the compiled rows: test_bench_gmm.py
 
 
 def run_vae_step(*extra: str) -> dict:

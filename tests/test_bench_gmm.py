@@ -139,3 +139,16 @@ def test_allreduce_times_the_call_against_an_svi_step():
         assert math.isfinite(result[key]) and result[key] > 0, key
     assert result["ratio"] == result["ours_s"] / result["baseline_s"]
     assert result["settings"]["world_size"] == 2 and result["settings"]["numel"] == 105
+
+
+def test_gmm_step_times_eager_and_graph_and_the_graph_is_eager_bit_for_bit():
+    """The compiled rows of the step benchmark (``graph``; inductor's compile is too slow for a
+    test): same losses bit for bit, as tests/inference/test_compiled.py shows for fit_svi."""
+    args = ["--num-data", "400", "--batch-size", "50", "--steps", "3", "--repeats", "1", "--warmup", "1"]
+    result = run_bench("gmm_step.py", *args, "--modes", "off,graph", "--threads", "1")
+    for key in ("off_s", "graph_s", "graph_ratio"):
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    assert result["graph_ratio"] == result["graph_s"] / result["off_s"]
+    assert result["graph_equals_eager"] is True
+    assert set(result["first_step_s"]) == {"off", "graph"}
+    assert SETTINGS <= result["settings"].keys() and result["settings"]["batch_size"] == 50
