@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from gallery.data.checks import check_data, clock, fitting
 from gallery.data.mapped import MappedRows
 from inference.checkpoint import Checkpointing, restore, rng_state, set_rng_state
-from inference.compiled import check_compile, compile_step, compiled_svi_step
+from inference.compiled import check_compile, choose_compile, compile_step, compiled_svi_step
 from inference.distributed import DataParallel
 from inference.estimators import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
 from inference.interrupt import Interrupted, requested
@@ -188,7 +188,9 @@ def fit_svi(
     :param compile: ``"graph"`` traces the step (loss and gradients) into one graph after the
         first call has created every parameter, on CPU bit for bit the eager step; ``"inductor"``
         compiles that graph with ``torch.compile`` (:mod:`inference.compiled`). A step that cannot
-        be traced runs eagerly, with one warning.
+        be traced runs eagerly, with one warning. ``"auto"``: ``"graph"`` for runs of 1,000 steps
+        or more on CPU in one process on rows in memory, else ``"off"``
+        (:func:`~inference.compiled.choose_compile`).
     :param model_kwargs: passed to both model and guide (the same signature).
     :returns: the loss history; the fitted parameters are in Pyro's param store.
     """
@@ -232,6 +234,7 @@ def fit_svi(
     run.begin(losses, state)
     start = clock(data)
     step = partial(svi_step, loss_fn, params, optimizer, grad_hook=grad_hook)
+    compile = choose_compile(compile, num_steps, rows.device, parallel is not None, rows.on_disk)
     compiled = compile_step(compile, loss_fn, params, rows.on_disk)
     if compiled is not None:
         step = partial(compiled_svi_step, compiled, params, optimizer, grad_hook=grad_hook)

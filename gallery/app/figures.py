@@ -133,7 +133,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     command += [] if args.num_steps is None else ["--num-steps", str(args.num_steps)]
     command += [] if device.type == "cpu" else ["--device", args.device]
     command += [] if args.seed == 0 else ["--seed", str(args.seed)]
-    command += [] if args.compile == "off" else ["--compile", args.compile]
+    command += [] if args.compile == "auto" else ["--compile", args.compile]
     command += ["--out", shlex.quote(str(args.out))]
     return Settings(
         num_steps=num_steps,

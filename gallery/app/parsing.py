@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from inference.compiled import COMPILE_MODES
+from inference.compiled import AUTO_MIN_STEPS, COMPILE_MODES
 
 COMPILE_HELP = (
     "SVI's step: off (eager Pyro), graph (loss and gradients traced once into one graph of "
-    "tensor operations; on CPU bit for bit the eager run) or inductor (that graph compiled by "
-    "torch.compile; CUDA graphs on cuda). A step that cannot be traced runs eagerly, with a "
-    "warning."
+    "tensor operations, 0.2-0.9 s: on CPU bit for bit the eager run, 1.3-1.9x faster for "
+    "run's 2000 iris or digits steps), inductor (that graph compiled by torch.compile, 20-60 s "
+    "on 2 CPU cores, then 4x faster than eager for a GMM step; CUDA graphs on cuda), or auto: "
+    f"graph for runs of at least {AUTO_MIN_STEPS} steps on CPU in one process without --stream, "
+    "else off. A step that cannot be traced runs eagerly, with a one-line warning."
 )
 
 
@@ -23,7 +25,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def add_compile_argument(parser: argparse.ArgumentParser) -> None:
     """``--compile {off,graph,inductor}``, passed to :func:`inference.svi.fit_svi`."""
-    parser.add_argument("--compile", default="off", choices=list(COMPILE_MODES), help=COMPILE_HELP)
+    parser.add_argument("--compile", default="auto", choices=list(COMPILE_MODES), help=COMPILE_HELP)
 
 
 __all__ = ["COMPILE_HELP", "OneLineParser", "add_compile_argument"]

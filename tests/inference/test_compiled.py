@@ -25,7 +25,7 @@ from gallery.app.config import make_config
 from gallery.app.pipeline import job, prepare
 from gallery.models import ppca
 from guides.exact import ppca_posterior
-from inference.compiled import CompiledStep
+from inference.compiled import AUTO_MIN_STEPS, CompiledStep, choose_compile
 from inference.em import em_linear_gaussian
 from inference.svi import collect_params, fit_svi, make_elbo
 from tests.inference.test_checkpoint import Interrupt, train
@@ -246,3 +246,14 @@ def test_inductor_agrees_to_rounding_and_reaches_em(monkeypatch):
         em = em_linear_gaussian(data, init, max_iters=3000, tol=1e-10)
     em_ll = float(em.log_likelihoods[-1])
     assert svi_ll >= em_ll - 1e-3 * abs(em_ll)
+
+
+def test_auto_traces_long_cpu_runs_in_memory_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_compile("auto", AUTO_MIN_STEPS, cpu, False, False) == "graph"
+    assert choose_compile("auto", AUTO_MIN_STEPS - 1, cpu, False, False) == "off"
+    for device, distributed, on_disk in [(cuda, False, False), (cpu, True, False), (cpu, False, True)]:
+        assert choose_compile("auto", 10**6, device, distributed, on_disk) == "off"
+    assert choose_compile("inductor", 1, cuda, True, False) == "inductor"  # asked for: as asked
+    with pytest.raises(ValueError, match="choose one of off, graph, inductor, auto"):
+        choose_compile("jit", 10, cpu, False, False)

@@ -35,7 +35,7 @@ class Settings:
     seed: int
     out: Path  # where the files go, and nothing else
     command: str  # how to make these figures again, for index.md
-    compile: str = "off"  # SVI's step (inference.compiled): off, graph, inductor
+    compile: str = "auto"  # SVI's step (inference.compiled): off, graph, inductor, auto
 
 
 @dataclass(frozen=True)
