@@ -10,7 +10,10 @@
 #    ArviZ, which the GPU machine lacks) -> pytest-cuda.log;
 # 3. runs every benchmark with --device cuda -> NAME.json (stderr in NAME.err), sized so that the
 #    whole script takes under 5 minutes: the streamed run of a 10^7-row memory-mapped file
-#    (bench/memmap_run.py) first, then EM, SVI against EM, scaling and the VAE step.
+#    (bench/memmap_run.py) first, then EM, SVI against EM, scaling and the VAE step;
+# 4. the compiled SVI steps (issue 15; GPU_CHECK_COMPILED=0 leaves them out): bench/gmm_step.py
+#    (eager, graph, inductor with CUDA graphs) and bench/vae_step.py with its compiled rows, each
+#    compile 10-60 s, so these add up to 6 minutes.
 # A step that fails is recorded and the rest still run; the exit status is the number of failed
 # steps. GPU_CHECK_BUNDLE=1 packs every result into one file, OUT/gpu-check.tgz, for runners that
 # bring back only a few files (the lent machine's brings back 8; unpack with tar -xzf). Without a GPU, GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1 GPU_CHECK_INSTALL=0 runs the same
@@ -75,10 +78,15 @@ step memmap_run 150 "$PYTHON" bench/memmap_run.py "$MEMMAP" "${D[@]}" --batch-si
 # scikit-learn on 2 CPU cores (the issue's baseline); ours float64 and float32
 step gmm_em 90 "$PYTHON" bench/gmm_em.py "${D[@]}" "${QUICK[@]}" --threads 2 --repeats 3
 step gmm_em_float32 60 "$PYTHON" bench/gmm_em.py "${D[@]}" "${QUICK[@]}" --threads 2 --repeats 3 --dtype float32
-step vae_step 60 "$PYTHON" bench/vae_step.py "${D[@]}" "${QUICK[@]}"
+step vae_step 60 "$PYTHON" bench/vae_step.py "${D[@]}" "${QUICK[@]}" --no-compiled
 step gmm_svi_vs_em 60 "$PYTHON" bench/gmm_svi_vs_em.py "${D[@]}" "${QUICK[@]}" --threads 2
 step scaling 120 "$PYTHON" bench/scaling.py "${D[@]}" "${QUICK[@]}" --threads 2 --max-steps 2000 --memmap "$MEMMAP"
 rm -f "$MEMMAP"
+if [ "${GPU_CHECK_COMPILED:-1}" = 1 ]; then
+  step gmm_step 150 "$PYTHON" bench/gmm_step.py "${D[@]}" --threads 2
+  step gmm_step_cpu1 150 "$PYTHON" bench/gmm_step.py --device cpu --threads 1 --modes off,graph
+  step vae_step_compiled 200 "$PYTHON" bench/vae_step.py "${D[@]}" "${QUICK[@]}"
+fi
 
 if [ "${GPU_CHECK_BUNDLE:-0}" = 1 ]; then
   (cd "$OUT_DIR" && tar -czf gpu-check.tgz --remove-files -- *.json *.err *.log *.txt 2>/dev/null)

@@ -103,6 +103,15 @@ def exact_minibatches(parallel: DataParallel, folder: Path) -> dict:
     return {"params": _params(), "losses": result.losses, "grads": grads}
 
 
+def exact_minibatches_graph(parallel: DataParallel, folder: Path) -> dict:
+    """``exact_minibatches`` with the step traced (``compile="graph"``): the all-reduce hook runs
+    between the graph's gradients and Adam's update."""
+    grads = []
+    record = lambda params: grads.append([p.grad.clone() for p in params])  # noqa: E731
+    result = _fit_exact(parallel, grad_hook=record, compile="graph")
+    return {"params": _params(), "losses": result.losses, "grads": grads, "compiled": result.compiled}
+
+
 def amortised(parallel: DataParallel, folder: Path) -> dict:
     params, log_likelihood = _fit_amortised(batch_size=25, parallel=parallel)
     return {"params": params, "log_likelihood": log_likelihood}
@@ -164,7 +173,9 @@ def resume(parallel: DataParallel, folder: Path) -> dict:
     }
 
 
-SCENARIOS = {f.__name__: f for f in (exact_minibatches, amortised, one_rank_diverges, resume)}
+SCENARIOS = {
+    f.__name__: f for f in (exact_minibatches, exact_minibatches_graph, amortised, one_rank_diverges, resume)
+}
 
 
 def _worker(rank: int, store: str, folder: str) -> None:
@@ -235,6 +246,19 @@ def test_two_processes_take_the_steps_of_one_on_the_union_of_their_batches(ranks
         for name, value in expected.items():
             torch.testing.assert_close(result["params"][name], value, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(result["losses"], expected_losses, rtol=1e-5, atol=0)
+
+
+def test_two_processes_with_the_traced_step_take_the_eager_steps_bit_for_bit(ranks):
+    """``--num-processes`` with ``compile="graph"``: each rank's summed gradients, losses and
+    parameters equal the eager two-process run's, bit for bit."""
+    for found in ranks:
+        eager, graph = found["exact_minibatches"], found["exact_minibatches_graph"]
+        assert graph["compiled"] == "graph"
+        assert torch.equal(graph["losses"], eager["losses"])
+        for step_graph, step_eager in zip(graph["grads"], eager["grads"], strict=True):
+            assert all(torch.equal(g, e) for g, e in zip(step_graph, step_eager, strict=True))
+        assert graph["params"].keys() == eager["params"].keys()
+        assert all(torch.equal(graph["params"][name], value) for name, value in eager["params"].items())
 
 
 def test_a_stochastic_guide_ends_equal_on_both_ranks_and_near_one_process(ranks):
