@@ -9,8 +9,9 @@ eager call has created every parameter, :class:`CompiledStep` traces
 
 with ``torch.fx.experimental.proxy_tensor.make_fx`` in its "real" mode: the trace runs the step
 for real (that run is the step's result) and records every aten operation, the backward pass
-included. Inputs are the (B,) minibatch indices ``idx`` and the parameters themselves, the very
-tensors the optimiser updates in place, so the graph reads each step's values; the data is a
+included. Inputs are the (B,) minibatch indices ``idx`` (or, for rows read from a file each
+step, the (B, D) rows read, outside the graph) and the parameters themselves, the very tensors
+the optimiser updates in place, so the graph reads each step's values; data in memory is a
 constant of the graph. Random draws are recorded as calls (``aten.normal``, ``aten.multinomial``,
 ...; make_fx never folds an op tagged ``nondeterministic_seeded`` into a constant) on torch's
 default generator, so the graph draws what the eager step would draw, step after step.
@@ -44,7 +45,7 @@ def choose_compile(mode: str, num_steps: int, device: torch.device, distributed:
     a step on iris and the digits (``run gmm``, ``run ppca``, ``run vae`` at 2,000 steps: 1.3x,
     1.9x, 1.5x faster SVI), so it pays from a few hundred steps on; with the same answer bit
     for bit. Inductor's 20 to 60 s compile pays only for long runs, so "auto" never picks it;
-    CUDA, several processes and ``--stream`` are left eager until measured there."""
+    CUDA, several processes and rows read from a file are left eager until measured there."""
     check_compile(mode)
     if mode != "auto":
         return mode
@@ -58,22 +59,13 @@ def check_compile(mode: str) -> None:
 
 
 def compile_step(
-    mode: str, loss_fn: Callable[[Tensor | None], Tensor], params: list[Tensor], on_disk: bool = False
+    mode: str, loss_fn: Callable[[Tensor | None], Tensor], params: list[Tensor]
 ) -> CompiledStep | None:
-    """The compiled step of ``mode``, or ``None`` for the eager one (``"off"``, or rows read
-    from a file each step, which a graph would hold as constants: one warning)."""
+    """The compiled step of ``mode``, or ``None`` for the eager one (``"off"``)."""
     check_compile(mode)
     if mode == "auto":
         raise ValueError("compile='auto' is settled by choose_compile first")
-    if mode == "off":
-        return None
-    if on_disk:
-        CompiledStep._warn(
-            f"compile={mode!r} fell back to eager: rows read from a file each step are not traced yet",
-            stacklevel=3,
-        )
-        return None
-    return CompiledStep(loss_fn, params, mode)
+    return None if mode == "off" else CompiledStep(loss_fn, params, mode)
 
 
 class CompiledStep:
@@ -81,8 +73,8 @@ class CompiledStep:
     every parameter in ``params`` (``None`` for one the loss does not depend on, as eager
     ``backward`` leaves its ``.grad``), traced at the first call and replayed after it.
 
-    :param loss_fn: ``loss_fn(subsample)``, the differentiable loss of one step: ``subsample`` a
-        (B,) index tensor, the same size every call, or always ``None`` (full batch).
+    :param loss_fn: ``loss_fn(x)``, the differentiable loss of one step: ``x`` (B,) minibatch
+        indices or (B, D) rows, the same shape every call, or always ``None`` (full batch).
     :param params: the unconstrained tensors the loss reads from Pyro's param store.
     :param mode: ``"graph"`` or ``"inductor"``.
     """
@@ -173,11 +165,14 @@ def compiled_svi_step(
     optimizer: torch.optim.Optimizer,
     subsample: Tensor | None,
     grad_hook: Callable[[list[Tensor]], None] | None = None,
+    feed: Callable[[Tensor | None], Tensor | None] | None = None,
 ) -> Tensor:
     """:func:`inference.svi.svi_step` with the loss and gradients from ``step``: the same
-    gradients land in ``.grad`` before the hook and the update; returns the detached loss."""
+    gradients land in ``.grad`` before the hook and the update; returns the detached loss.
+    ``feed(subsample)``: the tensor the step reads, made outside the graph (the rows read from
+    a file); default the indices themselves."""
     optimizer.zero_grad(set_to_none=True)
-    loss, grads = step(subsample)
+    loss, grads = step(subsample if feed is None else feed(subsample))
     for param, grad in zip(params, grads, strict=True):
         param.grad = grad
     if grad_hook is not None:

@@ -211,9 +211,14 @@ def fit_svi(
             enumerated = uses_enumeration(first_model, first_guide, first_data, **first_kwargs)
         elbo = make_elbo(enumerated, num_particles)
 
-    def loss_fn(subsample: Tensor | None) -> Tensor:
-        step_model, step_guide, step_data, kwargs = inputs(subsample)
+    fed_inputs = rows.fed_inputs(model, guide, model_kwargs)
+
+    def loss_of(fed: Tensor | None) -> Tensor:  # the loss of the tensor one step reads
+        step_model, step_guide, step_data, kwargs = fed_inputs(fed)
         return elbo.differentiable_loss(step_model, step_guide, step_data, **kwargs)
+
+    def loss_fn(subsample: Tensor | None) -> Tensor:
+        return loss_of(rows.feed(subsample))
 
     with fitting(data):
         _, named_params = collect_params(loss_fn, first)  # creates every parameter, with its constraint
@@ -235,9 +240,9 @@ def fit_svi(
     start = clock(data)
     step = partial(svi_step, loss_fn, params, optimizer, grad_hook=grad_hook)
     compile = choose_compile(compile, num_steps, rows.device, parallel is not None, rows.on_disk)
-    compiled = compile_step(compile, loss_fn, params, rows.on_disk)
+    compiled = compile_step(compile, loss_of, params)
     if compiled is not None:
-        step = partial(compiled_svi_step, compiled, params, optimizer, grad_hook=grad_hook)
+        step = partial(compiled_svi_step, compiled, params, optimizer, grad_hook=grad_hook, feed=rows.feed)
     _train(step, schedule, batches, first, run, params, progress, rows.num_data)
     run.finish(params)
     seconds = clock(data) - start
@@ -334,6 +339,15 @@ class MemoryRows:
 
     def step_inputs(self, model: Callable, guide: Callable, model_kwargs: dict) -> StepInputs:
         """``inputs(subsample)``: the model, guide, data and keyword arguments of one step."""
+        fed = self.fed_inputs(model, guide, model_kwargs)
+        return lambda subsample: fed(self.feed(subsample))
+
+    def feed(self, subsample: Tensor | None) -> Tensor | None:
+        """The tensor a step's computation reads (a compiled step's input): here the indices."""
+        return subsample
+
+    def fed_inputs(self, model: Callable, guide: Callable, model_kwargs: dict) -> StepInputs:
+        """``inputs(feed(subsample))``: :meth:`step_inputs` from the fed tensor."""
         return lambda subsample: (model, guide, self.data, {"subsample": subsample, **model_kwargs})
 
 
@@ -354,10 +368,14 @@ class DiskRows(MemoryRows):
     def index_device(self) -> torch.device:
         return torch.device("cpu")  # a file is read from the host
 
-    def step_inputs(self, model: Callable, guide: Callable, model_kwargs: dict) -> StepInputs:
-        def inputs(subsample: Tensor) -> tuple[Callable, Callable, Tensor, dict]:
-            scaled = poutine.scale(scale=len(self.data) / len(subsample))
-            return scaled(model), scaled(guide), self.data.rows(subsample), model_kwargs
+    def feed(self, subsample: Tensor) -> Tensor:
+        """The (B, D) rows ``subsample`` read from the file: a compiled step's input."""
+        return self.data.rows(subsample)
+
+    def fed_inputs(self, model: Callable, guide: Callable, model_kwargs: dict) -> StepInputs:
+        def inputs(rows: Tensor) -> tuple[Callable, Callable, Tensor, dict]:
+            scaled = poutine.scale(scale=len(self.data) / len(rows))
+            return scaled(model), scaled(guide), rows, model_kwargs
 
         return inputs
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -23,8 +24,10 @@ import torch
 from gallery import load
 from gallery.app.config import make_config
 from gallery.app.pipeline import job, prepare
-from gallery.models import ppca
+from gallery.data.mapped import open_npy
+from gallery.models import factor_analysis, ppca
 from guides.exact import ppca_posterior
+from guides.registry import make_guide
 from inference.compiled import AUTO_MIN_STEPS, CompiledStep, choose_compile
 from inference.em import em_linear_gaussian
 from inference.svi import collect_params, fit_svi, make_elbo
@@ -150,6 +153,49 @@ def test_graph_checkpoint_and_resume_end_bit_for_bit_where_eager_ends(tmp_path):
     for name, tensor in expected.items():
         assert torch.equal(resumed[name], tensor), name
     assert torch.equal(result.losses, expected_result.losses)
+
+
+@pytest.mark.parametrize("guide", ["exact", "amortised"])
+def test_graph_on_rows_read_from_a_file_is_the_eager_step_bit_for_bit(tmp_path, guide):
+    """``--stream``: the B rows a step reads from the memory-mapped file are the graph's input
+    (read outside it, each step), so the traced run is the eager streamed run bit for bit."""
+    data = load("iris").data
+    np.save(tmp_path / "iris.npy", data.numpy())
+    rows = open_npy(tmp_path / "iris.npy", torch.device("cpu"), torch.float64)
+    runs = {}
+    for mode in ("off", "graph"):
+        pyro.clear_param_store()
+        init = factor_analysis.init_params(data, 2, generator=torch.Generator().manual_seed(0))
+        pyro.set_rng_seed(0)
+        model_kwargs = {"latent_dim": 2, "init": init}
+        built = make_guide(
+            "factor-analysis",
+            guide,
+            data=data,
+            init=init,
+            size=2,
+            model_kwargs=model_kwargs,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            result = fit_svi(
+                factor_analysis.model,
+                built,
+                rows,
+                num_steps=NUM_STEPS,
+                batch_size=32,
+                lr=0.01,
+                progress=False,
+                compile=mode,
+                **model_kwargs,
+            )
+        store = pyro.get_param_store()
+        runs[mode] = result, {name: store[name].detach().clone() for name in store.keys()}
+    (eager, expected), (graph, params) = runs["off"], runs["graph"]
+    assert graph.compiled == "graph"
+    assert torch.equal(graph.losses, eager.losses)
+    assert params.keys() == expected.keys()
+    assert all(torch.equal(params[name], value) for name, value in expected.items())
 
 
 def host_read_model(data, subsample=None):
