@@ -8,13 +8,14 @@ eager call has created every parameter, :class:`CompiledStep` traces
                      d loss / d params)
 
 with ``torch.fx.experimental.proxy_tensor.make_fx`` in its "real" mode: the trace runs the step
-for real (that run is the step's result) and records every aten operation, the backward pass
-included. Inputs are the (B,) minibatch indices ``idx`` (or, for rows read from a file each
-step, the (B, D) rows read, outside the graph) and the parameters themselves, the very tensors
-the optimiser updates in place, so the graph reads each step's values; data in memory is a
-constant of the graph. Random draws are recorded as calls (``aten.normal``, ``aten.multinomial``,
-...; make_fx never folds an op tagged ``nondeterministic_seeded`` into a constant) on torch's
-default generator, so the graph draws what the eager step would draw, step after step.
+for real and records every aten operation, the backward pass included; the generators are then
+set back and the first step, as every later one, is a replay of the graph. Inputs are the (B,)
+minibatch indices ``idx`` (or, for rows read from a file each step, the (B, D) rows read,
+outside the graph) and the parameters themselves, the very tensors the optimiser updates in
+place, so the graph reads each step's values; data in memory is a constant of the graph.
+Random draws are recorded as calls (``aten.normal``, ``aten.multinomial``, ...; make_fx never
+folds an op tagged ``nondeterministic_seeded`` into a constant) on torch's default generator,
+so the graph draws what the eager step would draw, step after step.
 
 ``mode="graph"`` runs the traced graph (CPU: bit for bit the eager step); ``mode="inductor"``
 compiles it with ``torch.compile`` (on CUDA with ``mode="reduce-overhead"``: one CUDA-graph
@@ -26,6 +27,7 @@ warning naming the reason; an inductor compile that fails falls back to the trac
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 
@@ -69,9 +71,11 @@ def compile_step(
 
 
 class CompiledStep:
-    """``step(subsample) -> (loss, grads)``: the loss (a 0-d tensor, detached) and the gradient of
-    every parameter in ``params`` (``None`` for one the loss does not depend on, as eager
-    ``backward`` leaves its ``.grad``), traced at the first call and replayed after it.
+    """``step(x) -> (loss, grads)``: the loss (a 0-d tensor, detached) and the gradient of every
+    parameter in ``params`` (``None`` for one the loss does not depend on, as eager ``backward``
+    leaves its ``.grad``), traced at the first call and replayed after it. The loss must be a
+    function of ``x`` and the parameters alone: Python state that changes between steps (a
+    counter, an annealing factor read from a global) would be frozen at its first value.
 
     :param loss_fn: ``loss_fn(x)``, the differentiable loss of one step: ``x`` (B,) minibatch
         indices or (B, D) rows, the same shape every call, or always ``None`` (full batch).
@@ -200,14 +204,13 @@ def _set_rng_states(states: tuple[Tensor, list[Tensor] | None]) -> None:
 
 
 def _reason(err: Exception) -> str:
-    lines = str(err).strip().splitlines() or [""]
-    return f"{type(err).__name__}: {lines[0][:200]}"
+    """The error's type and first sentence, for a one-line warning."""
+    first = (str(err).strip().splitlines() or [""])[0]
+    sentence = first.split(" - ")[0].split(". ")[0]
+    return f"{type(err).__name__}: {sentence[:160]}"
 
 
-def _now() -> float:
-    import time
-
-    return time.perf_counter()
+_now = time.perf_counter
 
 
 __all__ = [

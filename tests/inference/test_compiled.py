@@ -21,6 +21,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+import inference.compiled as compiled_module
 from gallery import load
 from gallery.app.config import make_config
 from gallery.app.pipeline import job, prepare
@@ -303,3 +304,25 @@ def test_auto_traces_long_cpu_runs_in_memory_only():
     assert choose_compile("inductor", 1, cuda, True, False) == "inductor"  # asked for: as asked
     with pytest.raises(ValueError, match="choose one of off, graph, inductor, auto"):
         choose_compile("jit", 10, cpu, False, False)
+
+
+def test_an_inductor_compile_that_fails_runs_the_traced_graph_with_one_warning(monkeypatch):
+    """Inductor compiles at its first call; a failure there (here: made to raise) costs nothing
+    but the warning: the steps run on the traced graph, the eager answer bit for bit."""
+
+    def broken(graph, device):
+        def compiled(*inputs):
+            raise RuntimeError("no C++ compiler. Install one")
+
+        return compiled
+
+    monkeypatch.setattr(compiled_module, "_inductor", broken)
+    eager, expected = fit("gmm", "exact", 32, 1, "off")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result, params = fit("gmm", "exact", 32, 1, "inductor")
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert messages == ["compile='inductor' failed (RuntimeError: no C++ compiler); running the traced graph"]
+    assert result.compiled == "graph"
+    assert torch.equal(result.losses, eager.losses)
+    assert all(torch.equal(params[name], value) for name, value in expected.items())
