@@ -103,7 +103,7 @@ class CompiledStep:
         generators = _rng_states()
         start = _now()
         try:
-            self.traced = make_fx(self._loss_and_grads)(*self._inputs(subsample))
+            self.traced = _pruned(make_fx(self._loss_and_grads)(*self._inputs(subsample)))
         except Exception as err:  # a host read, a data-dependent branch, an untraceable op
             _set_rng_states(generators)
             reason = _reason(err)
@@ -183,6 +183,25 @@ def compiled_svi_step(
         grad_hook(params)
     optimizer.step()
     return loss
+
+
+def _pruned(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``graph`` without what a replay under ``no_grad`` need not run: ``detach`` (there is no
+    autograd graph to cut) and values nothing reads. Kept: random draws (each moves the
+    generator), in-place ops, and ops run for their effect alone, such as
+    ``_linalg_check_errors`` (no outputs), so the replay draws and raises as eager does."""
+    for node in list(graph.graph.nodes):
+        if node.op == "call_function" and node.target is torch.ops.aten.detach.default:
+            node.replace_all_uses_with(node.args[0])
+            graph.graph.erase_node(node)
+    graph.graph.eliminate_dead_code(is_impure_node=_impure)
+    graph.recompile()
+    return graph
+
+
+def _impure(node: torch.fx.Node) -> bool:
+    effect_only = isinstance(node.target, torch._ops.OpOverload) and not node.target._schema.returns
+    return node.is_impure() or effect_only
 
 
 def _inductor(graph: torch.fx.GraphModule, device: torch.device) -> Callable:
