@@ -100,7 +100,7 @@ class CompiledStep:
         return self._replay(subsample)
 
     def _trace(self, subsample: Tensor | None) -> tuple[Tensor, list[Tensor | None]]:
-        generators = _rng_states()
+        generators = _rng_states(self.params[0].device)
         start = _now()
         try:
             self.traced = _pruned(make_fx(self._loss_and_grads)(*self._inputs(subsample)))
@@ -210,8 +210,9 @@ def _inductor(graph: torch.fx.GraphModule, device: torch.device) -> Callable:
     return torch.compile(graph, mode=mode, fullgraph=True, dynamic=False)
 
 
-def _rng_states() -> tuple[Tensor, list[Tensor] | None]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+def _rng_states(device: torch.device) -> tuple[Tensor, list[Tensor] | None]:
+    """torch's CPU generator and, for a run on CUDA, the GPUs' (a CPU run starts no CUDA)."""
+    cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
     return torch.get_rng_state(), cuda
 
 
