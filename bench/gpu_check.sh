@@ -7,7 +7,7 @@
 #    the machine has no pytest) into /tmp/site without the network, and puts it and the project
 #    on PYTHONPATH;
 # 2. runs the CUDA-marked tests (pytest -q -m cuda, without the modules that need hypothesis or
-#    ArviZ, which the GPU machine lacks; two compile on CUDA with inductor) -> pytest-cuda.log;
+#    ArviZ, which the GPU machine lacks; two of them compile with inductor) -> pytest-cuda.log;
 # 3. runs every benchmark with --device cuda -> NAME.json (stderr in NAME.err), sized so that the
 #    whole script takes under 5 minutes: the streamed run of a 10^7-row memory-mapped file
 #    (bench/memmap_run.py) first, then EM, SVI against EM, scaling and the VAE step;
