@@ -169,6 +169,7 @@ def compiled_svi_step(
     optimizer: torch.optim.Optimizer,
     subsample: Tensor | None,
     grad_hook: Callable[[list[Tensor]], None] | None = None,
+    *,
     feed: Callable[[Tensor | None], Tensor | None] | None = None,
 ) -> Tensor:
     """:func:`inference.svi.svi_step` with the loss and gradients from ``step``: the same

@@ -185,12 +185,10 @@ def fit_svi(
         finiteness checks are collective: a non-finite loss or parameter on one rank stops
         every rank with a ``ValueError`` naming it. The returned losses are
         summed over the ranks: the whole data's estimate.
-    :param compile: ``"graph"`` traces the step (loss and gradients) into one graph after the
-        first call has created every parameter, on CPU bit for bit the eager step; ``"inductor"``
-        compiles that graph with ``torch.compile`` (:mod:`inference.compiled`). A step that cannot
-        be traced runs eagerly, with one warning. ``"auto"``: ``"graph"`` for runs of 1,000 steps
-        or more on CPU in one process on rows in memory, else ``"off"``
-        (:func:`~inference.compiled.choose_compile`).
+    :param compile: ``"graph"``: the step (loss and gradients) traced into one graph, on CPU bit
+        for bit the eager step; ``"inductor"``: that graph compiled by ``torch.compile``;
+        ``"auto"``: :func:`~inference.compiled.choose_compile`. A step that cannot be traced runs
+        eagerly, with one warning (:mod:`inference.compiled`).
     :param model_kwargs: passed to both model and guide (the same signature).
     :returns: the loss history; the fitted parameters are in Pyro's param store.
     """
@@ -217,8 +215,7 @@ def fit_svi(
         step_model, step_guide, step_data, kwargs = fed_inputs(fed)
         return elbo.differentiable_loss(step_model, step_guide, step_data, **kwargs)
 
-    def loss_fn(subsample: Tensor | None) -> Tensor:
-        return loss_of(rows.feed(subsample))
+    loss_fn = lambda subsample: loss_of(rows.feed(subsample))
 
     with fitting(data):
         _, named_params = collect_params(loss_fn, first)  # creates every parameter, with its constraint
@@ -238,17 +235,16 @@ def fit_svi(
     )
     run.begin(losses, state)
     start = clock(data)
-    step = partial(svi_step, loss_fn, params, optimizer, grad_hook=grad_hook)
     compile = choose_compile(compile, num_steps, rows.device, parallel is not None, rows.on_disk)
-    compiled = compile_step(compile, loss_of, params)
-    if compiled is not None:
+    if (compiled := compile_step(compile, loss_of, params)) is None:
+        step = partial(svi_step, loss_fn, params, optimizer, grad_hook=grad_hook)
+    else:
         step = partial(compiled_svi_step, compiled, params, optimizer, grad_hook=grad_hook, feed=rows.feed)
     _train(step, schedule, batches, first, run, params, progress, rows.num_data)
     run.finish(params)
     seconds = clock(data) - start
-    estimator = getattr(elbo, "estimator", type(elbo).__name__)
-    used, compile_seconds = ("off", 0.0) if compiled is None else compiled.outcome()
-    return SVIResult(losses.cpu(), num_steps, seconds, estimator, used, compile_seconds)
+    estimator, how = getattr(elbo, "estimator", type(elbo).__name__), ("off", 0.0)
+    return SVIResult(losses.cpu(), num_steps, seconds, estimator, *(compiled.outcome() if compiled else how))
 
 
 def _train(
@@ -339,8 +335,7 @@ class MemoryRows:
 
     def step_inputs(self, model: Callable, guide: Callable, model_kwargs: dict) -> StepInputs:
         """``inputs(subsample)``: the model, guide, data and keyword arguments of one step."""
-        fed = self.fed_inputs(model, guide, model_kwargs)
-        return lambda subsample: fed(self.feed(subsample))
+        return lambda subsample: self.fed_inputs(model, guide, model_kwargs)(self.feed(subsample))
 
     def feed(self, subsample: Tensor | None) -> Tensor | None:
         """The tensor a step's computation reads (a compiled step's input): here the indices."""
