@@ -205,7 +205,8 @@ def model(
         device=device,
         name=name,
     )
-    zeros = params.loc.new_zeros(latent_dim)
+    # not params.loc.new_zeros: render_model would draw a false edge loc -> z
+    zeros = torch.zeros(latent_dim, dtype=params.loc.dtype, device=params.loc.device)
     with data_plate(num_data, subsample, subsample_size, device) as ind:
         c = pyro.sample("c", dist.Categorical(params.weights), infer={"enumerate": "parallel"})
         z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))  # (..., B, p)
