@@ -16,7 +16,7 @@ import pyro
 import pytest
 import torch
 
-from gallery.models import MODELS, factor_analysis, gmm, ppca, protocol
+from gallery.models import MODELS, factor_analysis, gmm, ppca, protocol, vae
 from tests import session_fits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +93,23 @@ def test_no_type_tests_on_a_models_params_outside_its_module():
                 if path not in (homes[match.group(1)], Path(__file__).resolve()):
                     found.append(f"{path.relative_to(ROOT)}: {match.group(0)}")
     assert found == []
+
+
+def test_array_data_refused_in_one_line_by_every_model_and_guide():
+    """A numpy array reaches a model or guide only by mistake: each says to convert it once."""
+    import numpy as np
+
+    import guides
+
+    rows = np.zeros((10, 4))
+    sizes = {"gmm": {"num_components": 3}, "factor-analysis": {"latent_dim": 2}, "ppca": {"latent_dim": 2}}
+    sizes |= {"mfa": {"num_components": 3, "latent_dim": 2}, "mppca": {"num_components": 3, "latent_dim": 2}}
+    assert set(sizes) | {"vae"} == set(MODELS)  # every model
+    callables = [(MODELS[name].model, kwargs) for name, kwargs in sizes.items()]
+    callables += [(guides.AmortisedNormal(4, 2), {}), (guides.MeanFieldNormal(10, 2), {})]
+    callables += [(guides.MeanFieldCategorical(10, 3), {}), (vae.model, {"decoder": vae.Decoder(4, 2)})]
+    for function, kwargs in callables:
+        with pytest.raises(
+            TypeError, match=r"^data is a numpy.ndarray, not a torch.Tensor; .*torch.as_tensor"
+        ):
+            function(rows, **kwargs)
