@@ -228,7 +228,13 @@ def test_mean_field_guides_start_at_the_e_step():
 
 
 @pytest.mark.parametrize(
-    "make", [lambda d: gmm.init_params(d, 3), lambda d: factor_analysis.init_params(d, 2)]
+    "make",
+    [
+        lambda d: gmm.init_params(d, 3),
+        lambda d: factor_analysis.init_params(d, 2),
+        lambda d: mfa.init_params(d, 3, 2, generator=torch.Generator().manual_seed(0)),
+    ],
+    ids=["gmm", "linear-gaussian", "mixture-of-linear-gaussians"],
 )
 def test_params_round_trip_through_dicts(make):
     params = make(load("iris").data)

@@ -80,6 +80,21 @@ class MFAParams:
             noise_variance=move(self.noise_variance),
         )
 
+    def float(self) -> MFAParams:
+        return self.to(torch.float32)
+
+    def double(self) -> MFAParams:
+        return self.to(torch.float64)
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """The four tensors by field name."""
+        return {name: getattr(self, name) for name in ("weights", "loc", "loading", "noise_variance")}
+
+    @classmethod
+    def from_dict(cls, tensors: dict[str, Tensor]) -> MFAParams:
+        """The parameters :meth:`as_dict` gave."""
+        return cls(**tensors)
+
 
 def owns(params: object, isotropic: bool) -> bool:
     return isinstance(params, MFAParams) and params.isotropic == isotropic
