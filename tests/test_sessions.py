@@ -113,3 +113,24 @@ def test_array_data_refused_in_one_line_by_every_model_and_guide():
             TypeError, match=r"^data is a numpy.ndarray, not a torch.Tensor; .*torch.as_tensor"
         ):
             function(rows, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "sizes"),
+    [
+        ("gmm", {"num_components": 3}),
+        ("factor-analysis", {"latent_dim": 2}),
+        ("ppca", {"latent_dim": 2}),
+        ("mfa", {"num_components": 3, "latent_dim": 2}),
+        ("mppca", {"num_components": 3, "latent_dim": 2}),
+    ],
+)
+def test_init_in_another_dtype_than_the_data_refused(name, sizes):
+    """float32 data with a float64 init would train float64 parameters in silence."""
+    from gallery import load
+
+    data = load("iris").data
+    module = MODELS[name]
+    init = module.init_params(data, *sizes.values(), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"^init is torch.float64 on cpu but the data is torch.float32"):
+        module.model(data.float(), init=init, **sizes)

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from gallery.data.checks import check_data
-from gallery.models.common import claim, data_plate, fresh, release, resolve_device, resolve_sizes
+from gallery.models.common import check_init, claim, data_plate, fresh, release, resolve_device, resolve_sizes
 from gallery.models.gmm.model import _kmeans
 
 CHUNK_BYTES = 2**22  # per (rows, K * max(D, p)) intermediate of the E-step: about the CPU cache
@@ -163,6 +163,7 @@ def global_params(
     """The ``pyro.param`` sites ``{name}.weights``, ``.loc``, ``.loading``, ``.noise_variance``,
     created from ``init`` on first use and replaced by another ``init`` (:func:`claim`)."""
     if init is not None:
+        check_init(init.loc, data)
         claim(name, init)
 
     @functools.cache
