@@ -22,11 +22,11 @@ COMBOS = [
 ]
 COMBOS += [(model, guide) for model in ("mfa", "mppca") for guide in MIXTURE_GUIDES]
 COMBOS += [("vae", guide) for guide in VAE_GUIDES]  # on iris too: the comparison, not the fit, is the point
+pytestmark = pytest.mark.filterwarnings("ignore:EM did not converge")  # 50 iterations: equality, not accuracy
 SETTINGS = {"num_steps": 50, "em_iters": 50, "eval_particles": 10}  # tiny: equality, not accuracy
 FLAGS = ["--num-steps", "50", "--em-iters", "50", "--eval-particles", "10", "--no-progress"]
 
 
-@pytest.mark.filterwarnings("ignore:EM did not converge")  # 50 iterations: equality, not accuracy
 @pytest.mark.parametrize(("model", "guide"), COMBOS)
 def test_fit_gives_the_numbers_of_run(model, guide, tmp_path, capsys):
     """Every value of ``metrics.json`` but the timings, to 1e-12 (the same code path: float
@@ -62,7 +62,6 @@ def test_fit_keeps_the_users_param_store_and_takes_arrays():
     assert from_array.elbo_trace.shape == (50,)
 
 
-@pytest.mark.filterwarnings("ignore:EM did not converge")
 @pytest.mark.parametrize(
     ("model", "guide"),
     [("gmm", "mean-field"), ("factor-analysis", "amortised"), ("ppca", "exact"), ("mfa", "mean-field")],
@@ -88,7 +87,6 @@ def test_save_load_round_trip(model, guide, tmp_path):
         assert posterior.loc.shape == (150, 2)
 
 
-@pytest.mark.filterwarnings("ignore:EM did not converge")
 def test_to_arviz_holds_the_draws_and_the_elbo_trace():
     fitted = gallery.fit("ppca", "iris", guide="mean-field", progress=False, **SETTINGS)
     posterior = fitted.to_arviz(num_draws=7)
