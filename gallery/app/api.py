@@ -131,7 +131,7 @@ class Fitted:
         (N, p), ``.scale_tril``); for the VAE its amortised q(z_n | x_n)."""
         x = self._rows(x)
         if self.model == "vae":
-            if not isinstance(self.guide, guides.AmortisedNormal):
+            if not isinstance(self.guide, guides.AmortisedNormal | guides.AmortisedFlow):
                 raise ValueError("posterior(x) needs an amortised guide; fit the vae with guide='amortised'")
             with torch.no_grad():
                 return self.guide.encode(x)
@@ -281,7 +281,17 @@ def _decoder(settings: dict, obs_dim: int) -> vae.Decoder:
     return decoder.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
 
 
-def _encoder(settings: dict, obs_dim: int, name: str) -> guides.AmortisedNormal:
+def _encoder(settings: dict, obs_dim: int, name: str) -> guides.AmortisedNormal | guides.AmortisedFlow:
+    if settings["guide"] == "amortised-flow":
+        flow = guides.AmortisedFlow(
+            obs_dim,
+            settings["latent_dim"],
+            hidden=tuple(settings["hidden"]),
+            flow_layers=settings["flow_layers"],
+            activation=settings["activation"],
+            name=name,
+        )
+        return flow.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
     encoder = guides.AmortisedNormal(
         obs_dim,
         settings["latent_dim"],

@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="hidden sizes, e.g. 64,64, of the amortised encoder ((): affine), and of the VAE's "
         f"decoder and encoder; None: {BY_MODEL_HELP['hidden']}",
     )
+    run.add_argument(
+        "--flow-layers",
+        type=int,
+        default=defaults.flow_layers,
+        help="inverse autoregressive flow layers of --guide amortised-flow",
+    )
     run.add_argument("--em-iters", type=int, default=defaults.em_iters, help="maximum EM iterations")
     run.add_argument("--em-tol", type=float, default=defaults.em_tol, help="EM tolerance, nats per datum")
     run.add_argument(

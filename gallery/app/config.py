@@ -78,6 +78,7 @@ class RunConfig:
     covariance_type: str = "full"
     latent_dim: int = 2  # p, the size of z
     hidden: tuple[int, ...] = ()  # amortised encoder (): affine; vae: VAE_HIDDEN, () for a linear decoder
+    flow_layers: int = 2  # inverse autoregressive flow layers of the amortised-flow guide
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     em: EMConfig = field(default_factory=EMConfig)
@@ -98,7 +99,7 @@ RENAMED = {("data", "name"): "data", ("em", "max_iters"): "em_iters", ("em", "to
 WHERE = {
     RENAMED.get((part, f.name), f.name): (part, f.name) for part, cls in PARTS.items() for f in fields(cls)
 }
-OWN = ("model", "guide", "components", "covariance_type", "latent_dim", "hidden")
+OWN = ("model", "guide", "components", "covariance_type", "latent_dim", "hidden", "flow_layers")
 
 
 def by_model(model: str, guide: str | None = None, decoder: str = "mlp") -> dict:

@@ -30,7 +30,7 @@ from inference.importance import importance_estimate
 from inference.per_datum import keeps_q_per_datum
 from inference.svi import SVIResult
 
-VAE_GUIDES = ("amortised", "amortised-full", "mean-field")
+VAE_GUIDES = ("amortised", "amortised-full", "amortised-flow", "mean-field")
 
 
 def prepare(config: RunConfig, dataset: datasets.Dataset | None = None) -> Prepared:
@@ -163,6 +163,17 @@ def build_guide(config: RunConfig, train: Tensor):
     so that a checkpoint, which stores parameters by site name, resumes in this process or another."""
     if config.guide == "mean-field":
         return guides.MeanFieldNormal(train.shape[0], config.latent_dim, name=GUIDE_NAME)
+    if config.guide == "amortised-flow":
+        flow = guides.AmortisedFlow(
+            train.shape[1],
+            config.latent_dim,
+            hidden=config.hidden,
+            flow_layers=config.flow_layers,
+            activation=config.vae.activation,
+            name=GUIDE_NAME,
+            **guides.input_scaling(train),
+        )
+        return flow.to(device=train.device, dtype=train.dtype)
     encoder = guides.AmortisedNormal(
         train.shape[1],
         config.latent_dim,
@@ -209,6 +220,8 @@ def evaluate(prepared: Prepared, setup: Setup, svi: SVIResult) -> Evaluated:
         extras["exact_log_likelihood_per_datum"] = float(exact)
         closed_form = ppca_max_log_likelihood(train.double(), config.latent_dim)
         extras["closed_form_log_likelihood_per_datum"] = float(closed_form)
+    if config.guide == "amortised-flow":
+        extras["flow_layers"] = config.flow_layers
     extras.update(heldout_metrics(config, setup.guide, decoder, heldout, particles))
     return Evaluated(_sizes(prepared, decoder), evaluation, Baseline(), None, extras)
 
@@ -256,7 +269,7 @@ def heldout_metrics(config: RunConfig, guide, decoder, heldout: Tensor | None, n
         estimate = importance_estimate(fixed_model, guide, heldout, num_samples=num_samples, decoder=decoder)
     result["heldout_elbo_per_datum"] = float(estimate.elbo.mean())
     result["heldout_log_likelihood_per_datum"] = float(estimate.log_likelihood.mean())
-    if isinstance(guide, guides.AmortisedNormal) and config.vae.gap_rows > 0:
+    if isinstance(guide, guides.AmortisedNormal | guides.AmortisedFlow) and config.vae.gap_rows > 0:
         gaps = inference_gaps(vae.model, guide, heldout[: config.vae.gap_rows], **local)
         result["gap_rows"] = gaps.num_data
         result["approximation_gap_per_datum"] = gaps.approximation
