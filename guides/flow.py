@@ -41,8 +41,9 @@ from torch.distributions import constraints
 from torch.nn.functional import softplus
 
 from gallery.models.common import fresh
-from gallery.models.networks import ACTIVATIONS, mlp
+from gallery.models.networks import ACTIVATIONS
 from guides.amortised import _Amortised
+from guides.conv import encoder_network
 from guides.mean_field import _MeanField
 
 FLOW_LAYERS = 2  # the command line's --flow-layers default
@@ -100,6 +101,7 @@ class AmortisedFlow(_Amortised):
     :param input_loc, input_scale: (d,) the network reads (x - input_loc) / input_scale
         (:func:`guides.input_scaling`). Default 0 and 1.
     :param name: the ``pyro.module`` name; default a fresh ``amortised_flow.<i>`` on first use.
+    :param architecture: of the density network, ``"mlp"`` or ``"conv"`` (square images).
     """
 
     BASE_NAME = "amortised_flow"
@@ -117,6 +119,7 @@ class AmortisedFlow(_Amortised):
         input_loc: Tensor | None = None,
         input_scale: Tensor | None = None,
         name: str | None = None,
+        architecture: str = "mlp",
     ):
         super().__init__()
         if latent_dim < 1 or flow_layers < 0:
@@ -127,7 +130,9 @@ class AmortisedFlow(_Amortised):
         self.latent_dim, self.name, self.num_layers = latent_dim, name, flow_layers
         self.context_dim = 2 * latent_dim if context_dim is None else context_dim
         flow_hidden = (10 * latent_dim,) if flow_hidden is None else tuple(flow_hidden)
-        self.net = mlp(obs_dim, 2 * latent_dim + self.context_dim, hidden, activation)
+        self.net = encoder_network(
+            obs_dim, 2 * latent_dim + self.context_dim, hidden, activation, architecture
+        )
         self.flows = make_flow_layers(latent_dim, self.context_dim, flow_layers, flow_hidden, activation)
 
     def encode_parts(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -277,6 +277,7 @@ def _decoder(settings: dict, obs_dim: int) -> vae.Decoder:
         activation=settings["activation"],
         likelihood=settings["likelihood"],
         noise_variance=settings["noise_variance"],
+        architecture=settings.get("architecture", "mlp"),
     )
     return decoder.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
 
@@ -290,6 +291,7 @@ def _encoder(settings: dict, obs_dim: int, name: str) -> guides.AmortisedNormal 
             flow_layers=settings["flow_layers"],
             activation=settings["activation"],
             name=name,
+            architecture=settings.get("architecture", "mlp"),
         )
         return flow.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
     encoder = guides.AmortisedNormal(
@@ -299,6 +301,7 @@ def _encoder(settings: dict, obs_dim: int, name: str) -> guides.AmortisedNormal 
         covariance="full" if settings["guide"] == "amortised-full" else "diag",
         activation=settings["activation"],
         name=name,
+        architecture=settings.get("architecture", "mlp"),
     )
     return encoder.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
 

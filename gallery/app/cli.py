@@ -184,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--decoder", default=defaults.decoder, choices=["mlp", "linear"], help="linear: f(z) = Az + b (PPCA)"
     )
     vae.add_argument(
+        "--architecture",
+        default=defaults.architecture,
+        choices=["mlp", "conv"],
+        help="conv: convolutional encoder and decoder, for rows that are square images (8x8, 28x28)",
+    )
+    vae.add_argument(
         "--activation", default=defaults.activation, choices=list(ACTIVATIONS), help="of the MLPs"
     )
     vae.add_argument(

@@ -63,6 +63,7 @@ class VAEConfig:
 
     likelihood: str = "gaussian"
     decoder: str = "mlp"  # or linear: f(z) = Az + b (PPCA)
+    architecture: str = "mlp"  # or conv: convolutional encoder and decoder for square images
     activation: str = "relu"
     noise_variance: float | None = None  # a fixed sigma^2; None: learned
     heldout_fraction: float = 0.1

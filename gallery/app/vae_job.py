@@ -23,7 +23,7 @@ from gallery.app.metrics import Baseline, Evaluation
 from gallery.app.resources import check_resources
 from gallery.app.stages import Evaluated, Prepared, RunResult, Setup, elbo_trace
 from gallery.data import datasets
-from gallery.models import linear_gaussian, vae
+from gallery.models import conv, linear_gaussian, vae
 from inference.em import ppca_max_log_likelihood
 from inference.gaps import best_local_estimate, inference_gaps
 from inference.importance import importance_estimate
@@ -49,6 +49,8 @@ def prepare(config: RunConfig, dataset: datasets.Dataset | None = None) -> Prepa
     _check_vae_settings(config)
     data, labels, image_shape, steps = _load(config, dataset)
     num_data, obs_dim = data.shape
+    if config.vae.architecture == "conv":
+        conv.image_side(obs_dim, image_shape)  # square images with a side divisible by 4, or one line
     if config.latent_dim >= obs_dim and config.vae.decoder == "linear":
         raise ValueError(
             f"--latent-dim {config.latent_dim} must be smaller than the data dimension {obs_dim}"
@@ -100,6 +102,10 @@ def _check_vae_settings(config: RunConfig) -> None:
         raise ValueError(f"unknown likelihood {settings.likelihood!r}; choose one of {choices}")
     if settings.decoder not in ("mlp", "linear"):
         raise ValueError(f"unknown decoder {settings.decoder!r}; choose mlp or linear")
+    if settings.architecture not in conv.ARCHITECTURES:
+        raise ValueError(f"unknown architecture {settings.architecture!r}; choose mlp or conv")
+    if settings.architecture == "conv" and settings.decoder == "linear":
+        raise ValueError("--architecture conv is for the network decoder; drop --decoder linear")
     if settings.activation not in vae.ACTIVATIONS:
         choices = ", ".join(vae.ACTIVATIONS)
         raise ValueError(f"unknown activation {settings.activation!r}; choose one of {choices}")
@@ -146,6 +152,7 @@ def build_decoder(config: RunConfig, train: Tensor) -> vae.Decoder:
         likelihood=settings.likelihood,
         noise_variance=settings.noise_variance,
         init_noise_variance=float(train.var(0, correction=0).mean().clamp_min(1e-6)),
+        architecture=settings.architecture,
     ).to(device=train.device, dtype=train.dtype)
     mean = train.mean(0)
     with torch.no_grad():
@@ -171,6 +178,7 @@ def build_guide(config: RunConfig, train: Tensor):
             flow_layers=config.flow_layers,
             activation=config.vae.activation,
             name=GUIDE_NAME,
+            architecture=config.vae.architecture,
             **guides.input_scaling(train),
         )
         return flow.to(device=train.device, dtype=train.dtype)
@@ -181,6 +189,7 @@ def build_guide(config: RunConfig, train: Tensor):
         covariance="full" if config.guide == "amortised-full" else "diag",
         activation=config.vae.activation,
         name=GUIDE_NAME,
+        architecture=config.vae.architecture,
         **guides.input_scaling(train),
     )
     return encoder.to(device=train.device, dtype=train.dtype)
@@ -234,6 +243,7 @@ def _sizes(prepared: Prepared, decoder: vae.Decoder) -> dict:
         "obs_dim": prepared.data.shape[1],
         "latent_dim": config.latent_dim,
         "decoder": config.vae.decoder,
+        "architecture": config.vae.architecture,
         "hidden": list(decoder_hidden(decoder)),
         "activation": config.vae.activation,
         "likelihood": config.vae.likelihood,
