@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import gallery
 from tests.test_cli import run_main
 from tests.test_cli_vae import SMALL_NET, TINY, metrics
 
@@ -47,3 +48,13 @@ def test_refusals_are_one_line(capsys, argv, message):
     assert run_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_api_saves_and_loads_a_flow_fit_with_conv_networks(tmp_path):
+    settings = dict(num_steps=20, eval_particles=5, gap_rows=5, gap_steps=5, hidden=(8,), progress=False)
+    fitted = gallery.fit("vae", "digits", guide="amortised-flow", architecture="conv", **settings)
+    x = gallery.load("digits").data[:7] / 16
+    log_prob = fitted.log_prob(x)
+    assert fitted.posterior(x).sample().shape == (7, 2)
+    fitted.save(tmp_path / "vae.pt")
+    assert torch.equal(gallery.Fitted.load(tmp_path / "vae.pt").log_prob(x), log_prob)
