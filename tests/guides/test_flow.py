@@ -175,3 +175,18 @@ def test_flow_reaches_the_exact_ppca_posterior(one_thread):
     assert -5 * flow_se < flow < 1e-3
     assert -5 * full_se < full < 1e-3
     assert flow - full < 1e-3
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_flow_trains_where_the_data_are(device, architecture):
+    """Built on the CPU in float32, guide and decoder follow the digits to ``device`` and train
+    there: the same code on CPU and CUDA (the CUDA case is skipped without a GPU)."""
+    from gallery.data import datasets
+    from gallery.models import vae
+
+    data = (datasets.load("digits").data[:64] / 16.0).to(device)
+    decoder = vae.Decoder(64, 2, hidden=(16,), architecture=architecture)
+    guide = AmortisedFlow(64, 2, hidden=(16,), architecture=architecture, name="flow.guide")
+    result = fit_svi(vae.model, guide, data, num_steps=5, batch_size=16, progress=False, decoder=decoder)
+    assert bool(torch.isfinite(result.losses).all())
+    assert all(p.device.type == torch.device(device).type for p in guide.parameters())
