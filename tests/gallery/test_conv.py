@@ -70,3 +70,14 @@ def test_command_line_refusal_is_one_line(tmp_path, capsys):
     assert run_main(["run", "vae", "--architecture", "conv", "--data", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "square images" in err[0] and "--architecture mlp" in err[0]
+
+
+def test_conv_networks_default_to_a_smaller_learning_rate():
+    """At the networks' 0.005 the conv VAE on the digits ignored z (BENCHMARKS.md); an explicit
+    --lr wins, and per-datapoint tables keep theirs."""
+    from gallery.app.config import CONV_LR, NETWORK_LR, make_config
+
+    assert make_config("vae", architecture="conv").train.lr == CONV_LR < NETWORK_LR
+    assert make_config("vae").train.lr == NETWORK_LR
+    assert make_config("vae", architecture="conv", lr=0.01).train.lr == 0.01
+    assert make_config("vae", architecture="conv", guide="mean-field").train.lr == 0.05
