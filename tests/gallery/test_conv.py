@@ -81,3 +81,9 @@ def test_conv_networks_default_to_a_smaller_learning_rate():
     assert make_config("vae").train.lr == NETWORK_LR
     assert make_config("vae", architecture="conv", lr=0.01).train.lr == 0.01
     assert make_config("vae", architecture="conv", guide="mean-field").train.lr == 0.05
+
+
+def test_conv_is_refused_with_the_linear_decoder(capsys):
+    assert run_main(["run", "vae", "--architecture", "conv", "--decoder", "linear"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "drop --decoder linear" in err[0]
