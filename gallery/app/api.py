@@ -133,7 +133,7 @@ class Fitted:
         ``.component_distribution`` (N, K) Gaussians); for the VAE its amortised q(z_n | x_n)."""
         x = self._rows(x)
         if self.model == "vae":
-            if not isinstance(self.guide, guides.AmortisedNormal):
+            if not isinstance(self.guide, guides.AmortisedNormal | guides.AmortisedFlow):
                 raise ValueError("posterior(x) needs an amortised guide; fit the vae with guide='amortised'")
             with torch.no_grad():
                 return self.guide.encode(x)
@@ -283,11 +283,23 @@ def _decoder(settings: dict, obs_dim: int) -> vae.Decoder:
         activation=settings["activation"],
         likelihood=settings["likelihood"],
         noise_variance=settings["noise_variance"],
+        architecture=settings.get("architecture", "mlp"),
     )
     return decoder.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
 
 
-def _encoder(settings: dict, obs_dim: int, name: str) -> guides.AmortisedNormal:
+def _encoder(settings: dict, obs_dim: int, name: str) -> guides.AmortisedNormal | guides.AmortisedFlow:
+    if settings["guide"] == "amortised-flow":
+        flow = guides.AmortisedFlow(
+            obs_dim,
+            settings["latent_dim"],
+            hidden=tuple(settings["hidden"]),
+            flow_layers=settings["flow_layers"],
+            activation=settings["activation"],
+            name=name,
+            architecture=settings.get("architecture", "mlp"),
+        )
+        return flow.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
     encoder = guides.AmortisedNormal(
         obs_dim,
         settings["latent_dim"],
@@ -295,6 +307,7 @@ def _encoder(settings: dict, obs_dim: int, name: str) -> guides.AmortisedNormal:
         covariance="full" if settings["guide"] == "amortised-full" else "diag",
         activation=settings["activation"],
         name=name,
+        architecture=settings.get("architecture", "mlp"),
     )
     return encoder.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
 
