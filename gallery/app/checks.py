@@ -39,6 +39,8 @@ def check_settings(config: RunConfig, counts: dict[str, int]) -> torch.device:
     for name, value in {**shared, **counts}.items():
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if config.flow_layers < 0:
+        raise ValueError(f"--flow-layers must be at least 0, got {config.flow_layers}")
     if train.checkpoint_every is not None and train.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be at least 1, got {train.checkpoint_every}")
     if not (math.isfinite(train.lr) and train.lr > 0):

@@ -1,10 +1,10 @@
 """``--threads N``: how many CPU threads torch uses for a command's computation.
 
-torch starts with one thread per core it sees. On a machine that other jobs share that
+torch starts with one thread per core it sees. On a machine that other jobs share, that
 oversubscribes the cores, and small steps slow down many times over (``run ppca --num-steps
-300`` took 93 s of SVI with torch's default on a loaded 2-core machine, 5 s with one thread), so
-every command takes ``--threads``; ``None`` keeps torch's default. The count used is recorded in
-``metrics.json`` as ``threads``.
+300`` beside three other jobs on a 2-core machine: 15.0 s of SVI with torch's two threads, 1.1 s
+with one), so every command takes ``--threads``; ``None`` keeps torch's default. The count used
+is recorded in ``metrics.json`` as ``threads``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ Generative process, for each data point n = 1..N:
     x_n | z_n ~ N(f(z_n; lambda), sigma^2 I_d)       Gaussian likelihood, sigma^2: ()
     x_n | z_n ~ Bernoulli(sigmoid(f(z_n; lambda)))   Bernoulli likelihood, for binary x
 
-f is an MLP (:class:`Decoder`), registered with ``pyro.module`` as ``vae.decoder`` (the model's
+f is an MLP, or for square images transposed convolutions (:mod:`gallery.models.conv`)
+(:class:`Decoder`), registered with ``pyro.module`` as ``vae.decoder`` (the model's
 ``name=`` and ``.decoder``; a new decoder object replaces the sites of the old one); sigma^2 is learned as the
 decoder's parameter ``log_noise_variance`` (so the whole model travels in one state dict), or
 fixed. With ``hidden=()`` f(z) = A z + b is affine and the
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from gallery.models.common import claim, data_plate, resolve_device, resolve_sizes, same_device
+from gallery.models.conv import ARCHITECTURES, conv_decoder, image_side
 from gallery.models.linear_gaussian import LinearGaussianParams
 from gallery.models.networks import ACTIVATIONS, check_activation, follow_data, mlp
 
@@ -44,6 +46,8 @@ class Decoder(nn.Module):
     :param likelihood: ``"gaussian"`` (f is the mean) or ``"bernoulli"`` (f is the logits).
     :param noise_variance: a fixed sigma^2 for the Gaussian likelihood; ``None`` learns it, as
         log sigma^2 (unconstrained), starting at ``init_noise_variance``.
+    :param architecture: ``"mlp"``, or ``"conv"`` for rows that are square images: ``hidden``
+        MLP layers to a feature map, then transposed convolutions (:mod:`gallery.models.conv`).
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class Decoder(nn.Module):
         likelihood: str = "gaussian",
         noise_variance: float | None = None,
         init_noise_variance: float = 1.0,
+        architecture: str = "mlp",
     ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -70,7 +75,13 @@ class Decoder(nn.Module):
             raise ValueError(f"latent_dim={latent_dim} and obs_dim={obs_dim} must be at least 1")
         self.latent_dim, self.obs_dim, self.likelihood = latent_dim, obs_dim, likelihood
         self.fixed_noise_variance, self.init_noise_variance = noise_variance, init_noise_variance
-        self.net = mlp(latent_dim, obs_dim, hidden, activation)
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture={architecture!r} is not one of {', '.join(ARCHITECTURES)}")
+        self.architecture = architecture
+        if architecture == "conv":  # the last module is then the per-pixel output layer
+            self.net = conv_decoder(latent_dim, image_side(obs_dim), hidden, activation)
+        else:
+            self.net = mlp(latent_dim, obs_dim, hidden, activation)
         if likelihood == "gaussian" and noise_variance is None:
             self.log_noise_variance = nn.Parameter(torch.tensor(math.log(init_noise_variance)))
         else:

@@ -65,6 +65,10 @@ CASES = [
     ("vae", "amortised", 128, 1),
     ("vae", "amortised-full", None, 2),
     ("vae", "mean-field", 128, 1),
+    ("factor-analysis", "amortised-flow", 32, 1),
+    ("ppca", "amortised-flow", None, 2),
+    ("vae", "amortised-flow", 128, 1),
+    ("vae-conv", "amortised", 128, 1),  # --architecture conv: convolutional decoder and encoder
 ]
 
 
@@ -75,7 +79,9 @@ def fit(
     hidden layer of 16), built afresh from seed 0, fitted by ``NUM_STEPS`` SVI steps; the result
     and every parameter."""
     pyro.clear_param_store()
-    small = {"hidden": (16,), "eval_particles": 2} if model == "vae" else {}  # a fast setup
+    small = {"hidden": (16,), "eval_particles": 2} if model.startswith("vae") else {}  # a fast setup
+    if model == "vae-conv":
+        model, small = "vae", {"architecture": "conv", "eval_particles": 2}
     config = make_config(model, guide=guide, num_steps=NUM_STEPS, progress=False, device=device, **small)
     prepared = prepare(config)
     setup = job(config).setup(prepared, None)
