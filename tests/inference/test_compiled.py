@@ -13,6 +13,7 @@ reorders arithmetic.
 
 from __future__ import annotations
 
+import shutil
 import warnings
 
 import numpy as np
@@ -246,6 +247,10 @@ def test_a_step_that_cannot_be_traced_falls_back_to_the_eager_answer_with_one_wa
     assert len(fallbacks) == 1 and "\n" not in fallbacks[0] and "_local_scalar_dense" in fallbacks[0]
 
 
+@pytest.mark.skipif(
+    not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")),
+    reason="inductor on CPU needs a C++ compiler",
+)
 def test_inductor_agrees_to_rounding_and_reaches_em(monkeypatch):
     """PPCA's exact guide on iris in ``test_svi_reaches_em``'s settings (1,500 steps, lr 0.05),
     compiled by inductor with eager's random numbers, against the eager run: the only inductor
