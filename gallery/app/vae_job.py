@@ -103,9 +103,10 @@ def _check_vae_settings(config: RunConfig) -> None:
     if settings.activation not in vae.ACTIVATIONS:
         choices = ", ".join(vae.ACTIVATIONS)
         raise ValueError(f"unknown activation {settings.activation!r}; choose one of {choices}")
-    if settings.likelihood == "bernoulli" and noise is not None:
+    if settings.likelihood != "gaussian" and noise is not None:
         raise ValueError(
-            "--noise-variance is for the Gaussian likelihood; drop it with --likelihood bernoulli"
+            "--noise-variance is for the Gaussian likelihood; drop it with --likelihood "
+            f"{settings.likelihood}"
         )
 
 
@@ -129,14 +130,20 @@ def _load(config: RunConfig, dataset: datasets.Dataset | None = None):
         steps.append("binarize(>0.5)")
     if config.vae.likelihood == "bernoulli" and not bool(((data == 0) | (data == 1)).all()):
         raise ValueError(
-            "--likelihood bernoulli needs binary data (0 or 1); pass --binarize to threshold values at 0.5, "
-            "or use --likelihood gaussian"
+            "--likelihood bernoulli needs binary data (0 or 1), and the Bernoulli is no density on grey "
+            "values: use --likelihood continuous-bernoulli for values in [0, 1], or pass --binarize to "
+            "threshold at 0.5"
+        )
+    if config.vae.likelihood == "continuous-bernoulli" and not bool(((data >= 0) & (data <= 1)).all()):
+        raise ValueError(
+            f"--likelihood continuous-bernoulli needs values in [0, 1], got {float(data.min()):.4g} to "
+            f"{float(data.max()):.4g}; rescale the data to [0, 1] or use --likelihood gaussian"
         )
     return data, dataset.labels, dataset.image_shape, steps
 
 
 def build_decoder(config: RunConfig, train: Tensor) -> vae.Decoder:
-    """The decoder, its output bias at the data mean (Gaussian) or its logit (Bernoulli)."""
+    """The decoder, its output bias at the data mean (Gaussian) or its logit (the Bernoullis)."""
     settings = config.vae
     decoder = vae.Decoder(
         train.shape[1],
