@@ -38,6 +38,7 @@ from inference.checkpoint import Checkpointing, restore, rng_state, set_rng_stat
 from inference.distributed import DataParallel
 from inference.estimators import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
 from inference.interrupt import Interrupted, requested
+from inference.iwae import IWAE, make_objective
 from inference.per_datum import keeps_q_per_datum
 
 MAX_PLATE_NESTING = 1  # every gallery model has one plate, "data"
@@ -151,7 +152,8 @@ def fit_svi(
     lr: float = 0.01,
     final_lr_ratio: float = 0.1,
     num_particles: int = 1,
-    elbo: ELBO | None = None,
+    objective: str = "elbo",
+    elbo: ELBO | IWAE | None = None,
     seed: int | None = 0,
     progress: bool = True,
     grad_hook: Callable[[list[Tensor]], None] | None = None,
@@ -165,8 +167,12 @@ def fit_svi(
         ``batch_size`` and a guide with no q per data point), see :func:`step_rows`.
     :param batch_size: minibatch size B (``None``: the full data every step).
     :param lr: Adam's initial learning rate, decayed geometrically to ``lr * final_lr_ratio``.
-    :param num_particles: K samples per step for the ELBO estimate, vectorised.
-    :param elbo: an ELBO instance; default :func:`make_elbo` chosen by :func:`uses_enumeration`.
+    :param num_particles: K samples per step (per data point) for the estimate, vectorised.
+    :param objective: ``"elbo"``, or the K-sample importance-weighted bound ``"iwae"`` with the
+        plain gradient or ``"iwae-dreg"`` with the doubly reparameterised one
+        (:mod:`inference.iwae`).
+    :param elbo: an ELBO instance; default :func:`make_elbo` chosen by :func:`uses_enumeration`
+        for ``objective="elbo"``, else :func:`~inference.iwae.make_objective`.
     :param checkpoint: where and how often to save the run's state, and whether to resume from it;
         on CPU a resumed run ends with the parameters of an uninterrupted one, bit for bit
         (:class:`RunState`).
@@ -194,6 +200,8 @@ def fit_svi(
     batches = minibatches(rows.num_data, batch_size, rows.index_device, batch_seed, run.start_step)
     inputs = rows.step_inputs(model, guide, model_kwargs)
     first = next(batches)
+    if elbo is None and objective != "elbo":
+        elbo = make_objective(objective, num_particles, MAX_PLATE_NESTING)
     if elbo is None:
         first_model, first_guide, first_data, first_kwargs = inputs(first)
         with fitting(data):  # data of another width than init, decoder or encoder: one line

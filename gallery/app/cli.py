@@ -34,6 +34,7 @@ from gallery.report.lock import output_lock
 from guides.registry import GUIDES
 from inference.distributed import DataParallel
 from inference.interrupt import Interrupted, stop_on_signals
+from inference.iwae import OBJECTIVES
 
 EM_MODELS = [name for name in MODELS if name != "vae"]
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy's legacy generator, which takes 0..2**32 - 1
@@ -130,7 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Adam learning rate, decays 10x; None: {BY_MODEL_HELP['lr']}",
     )
     run.add_argument(
-        "--num-particles", type=int, default=defaults.num_particles, help="ELBO samples per step"
+        "--num-particles",
+        "--train-particles",
+        dest="num_particles",
+        type=int,
+        default=defaults.num_particles,
+        help="samples per data point per step: of the ELBO, or K of --objective iwae",
+    )
+    run.add_argument(
+        "--objective",
+        default=defaults.objective,
+        choices=list(OBJECTIVES),
+        help="the training objective: the ELBO, or the K-sample importance-weighted bound (Burda et al. "
+        "2016) with the plain gradient (iwae) or the doubly reparameterised one (iwae-dreg, Tucker et "
+        "al. 2019), K = --train-particles",
     )
     run.add_argument(
         "--eval-particles",

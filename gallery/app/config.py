@@ -46,6 +46,7 @@ class TrainConfig:
     num_processes: int = 1  # data-parallel SVI processes; batch_size is then per process
     arviz: bool = False  # posterior draws of the local latents and the ELBO trace
     arviz_draws: int = 100
+    objective: str = "elbo"  # or iwae, iwae-dreg: the num_particles-sample bound (inference.iwae)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ def fit(
         batch_size=setup.batch_size,
         lr=train.lr,
         num_particles=train.num_particles,
+        objective=train.objective,
         seed=train.seed,
         progress=train.progress,
         checkpoint=checkpoint,
