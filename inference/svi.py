@@ -159,6 +159,7 @@ def fit_svi(
     grad_hook: Callable[[list[Tensor]], None] | None = None,
     checkpoint: Checkpointing | None = None,
     parallel: DataParallel | None = None,
+    divergence_hint: Callable[[], str] | None = None,
     **model_kwargs,
 ) -> SVIResult:
     """Fit ``model`` and ``guide`` to ``data`` (N, D) by SVI with Adam.
@@ -187,6 +188,10 @@ def fit_svi(
         finiteness checks are collective: a non-finite loss or parameter on one rank stops
         every rank with a ``ValueError`` naming it. The returned losses are
         summed over the ranks: the whole data's estimate.
+    :param divergence_hint: called once when the loss or a parameter is found non-finite: what
+        diverged in this model and the setting to change, for the error message (default: the
+        mixture's and factor models' hint, a variance collapsing on constant columns or
+        duplicated points).
     :param model_kwargs: passed to both model and guide (the same signature).
     :returns: the loss history; the fitted parameters are in Pyro's param store.
     """
@@ -197,6 +202,7 @@ def fit_svi(
     if parallel is not None or seed is not None:
         pyro.set_rng_seed(batch_seed)
     run = RunState.open(checkpoint, parallel)
+    run.hint = divergence_hint
     batches = minibatches(rows.num_data, batch_size, rows.index_device, batch_seed, run.start_step)
     inputs = rows.step_inputs(model, guide, model_kwargs)
     first = next(batches)
@@ -265,7 +271,7 @@ def _train(
             schedule.step()
             subsample = next(batches)
             if (t + 1) % log_every == 0:  # one host sync every 5% of the run
-                _check_finite(losses, t, params, run.note, run.parallel)
+                _check_finite(losses, t, params, run.note, run.parallel, run.hint)
                 bar.set_postfix(elbo_per_datum=f"{-float(losses[t]) / num_data:.4f}")
             run.after_step(t + 1, params)
             if (signum := requested()) is not None:  # SIGINT or SIGTERM: stop at this boundary
@@ -375,6 +381,7 @@ class RunState:
     state: dict | None = None
     summed: int = 0
     note: str = ""
+    hint: Callable[[], str] | None = None  # what diverged, for the message (fit_svi's divergence_hint)
 
     @classmethod
     def open(cls, checkpoint: Checkpointing | None, parallel: DataParallel | None) -> RunState:
@@ -400,7 +407,7 @@ class RunState:
     def after_step(self, steps_done: int, params: list[Tensor]) -> None:
         """Checkpoint after ``steps_done`` steps when due; nothing non-finite is saved."""
         if self.checkpoint is not None and self.checkpoint.due(steps_done, len(self.losses)):
-            _check_finite(self.losses, steps_done - 1, params, self.note, self.parallel)
+            _check_finite(self.losses, steps_done - 1, params, self.note, self.parallel, self.hint)
             self._sum_losses(steps_done)
             self._save(steps_done)
 
@@ -409,14 +416,14 @@ class RunState:
         not saved already) and raise :class:`~inference.interrupt.Interrupted`."""
         checkpoint = self.checkpoint
         if checkpoint is not None and not checkpoint.due(steps_done, len(self.losses)):
-            _check_finite(self.losses, steps_done - 1, params, self.note, self.parallel)
+            _check_finite(self.losses, steps_done - 1, params, self.note, self.parallel, self.hint)
             self._sum_losses(steps_done)
             self._save(steps_done)
         raise Interrupted(signum, steps_done, None if checkpoint is None else checkpoint.path)
 
     def finish(self, params: list[Tensor]) -> None:
         num_steps = len(self.losses)
-        _check_finite(self.losses, num_steps - 1, params, self.note, self.parallel)
+        _check_finite(self.losses, num_steps - 1, params, self.note, self.parallel, self.hint)
         self._sum_losses(num_steps)
 
     def _sum_losses(self, stop: int) -> None:
@@ -449,7 +456,12 @@ def networks(model: Callable, guide: Callable, model_kwargs: dict) -> dict[str, 
 
 
 def _check_finite(
-    losses: Tensor, step: int, params: list[Tensor], note: str = "", parallel: DataParallel | None = None
+    losses: Tensor,
+    step: int,
+    params: list[Tensor],
+    note: str = "",
+    parallel: DataParallel | None = None,
+    hint: Callable[[], str] | None = None,
 ) -> None:
     """Raise if any loss up to ``step`` or any parameter is NaN or infinite, naming the first
     such step. With ``parallel`` every rank takes part and every rank raises if one fails:
@@ -472,7 +484,10 @@ def _check_finite(
             if len(bad)
             else f"a parameter is not finite after step {step}"
         )
-        raise ValueError(
-            f"SVI diverged{on_rank}: {where}; lower the learning rate, or check the data for constant "
-            f"columns or duplicated points (a variance can collapse to 0){note}"
+        advice = (
+            "lower the learning rate, or check the data for constant columns or duplicated points (a "
+            "variance can collapse to 0)"
+            if hint is None
+            else hint()
         )
+        raise ValueError(f"SVI diverged{on_rank}: {where}; {advice}{note}")

@@ -50,6 +50,19 @@ def _hidden(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _rows(text: str) -> int:
+    """``--eval-rows``: a number of rows, or ``all`` (0)."""
+    if text.strip().lower() == "all":
+        return 0
+    try:
+        rows = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--eval-rows takes a number of rows or all, got {text!r}") from None
+    if rows < 0:
+        raise argparse.ArgumentTypeError(f"--eval-rows must be a number of rows or all, got {text!r}")
+    return rows
+
+
 def _seed(text: str) -> int:
     try:
         seed = int(text)
@@ -210,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vae.add_argument(
         "--gap-steps", type=int, default=defaults.gap_steps, help="SVI steps for the best local q"
+    )
+    vae.add_argument(
+        "--eval-rows",
+        type=_rows,
+        default=defaults.eval_rows,
+        help="training rows (a fixed sample) for the importance-weighted log p(x) and ELBO, at the start "
+        "and after SVI; all (or 0): every row. Held-out rows are always all evaluated",
     )
     run.add_argument(
         "--seed", type=_seed, default=defaults.seed, help="for initial parameters, networks, minibatches"

@@ -73,8 +73,11 @@ def fit(
         progress=train.progress,
         checkpoint=checkpoint,
         parallel=parallel,
+        divergence_hint=None if setup.watch is None else setup.watch.hint,
         **setup.model_kwargs,
     )
+    if setup.watch is not None:
+        setup.watch.remove()
     if parallel is not None and not parallel.is_root:
         return None
     done = the_job.evaluate(prepared, setup, svi)
@@ -96,6 +99,9 @@ def fit(
         extras=done.extras,
         seconds=time.perf_counter() - start,
     )
+    metrics |= done.trailing
+    if "eval_seconds" in done.trailing:
+        metrics["eval_fraction"] = done.trailing["eval_seconds"] / metrics["seconds"]
     return RunResult(metrics, svi, prepared, setup, done.fitted)
 
 
@@ -106,6 +112,7 @@ CHECKPOINT_FREE = {  # settings a resumed run may change
     "eval_particles",
     "gap_rows",
     "gap_steps",
+    "eval_rows",
     "arviz",
     "arviz_draws",
     "num_processes",
