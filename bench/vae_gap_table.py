@@ -58,7 +58,7 @@ def figure(rows: list[dict]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['guide']}\n{r['objective']} K={r['train_particles']}" for r in rows]
+    labels = [f"{r['guide']}\n{r['objective']}\nK={r['train_particles']}" for r in rows]
     approx = [r["approximation_gap"] for r in rows]
     amort = [r["amortisation_gap"] for r in rows]
     fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 1, 3.6))
@@ -89,7 +89,8 @@ def markdown(rows: list[dict]) -> str:
 
 def main(args) -> list[dict]:
     torch.set_num_threads(args.threads)
-    plan = [("elbo", 1)] + [("iwae", k) for k in args.particles]
+    plan = [(o, 1) for o in args.objectives if o == "elbo"]
+    plan += [(o, k) for o in args.objectives if o != "elbo" for k in args.particles]
     rows = [run(guide, objective, k, args) for guide in args.guides for objective, k in plan]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS)
@@ -108,6 +109,9 @@ def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--guides", nargs="+", default=["amortised", "amortised-full"])
     parser.add_argument("--particles", type=int, nargs="+", default=[5, 50], help="K of the IWAE rows")
+    parser.add_argument(
+        "--objectives", nargs="+", default=["elbo", "iwae"], choices=["elbo", "iwae", "iwae-dreg"]
+    )
     parser.add_argument("--num-steps", type=int, default=2000)
     parser.add_argument("--eval-particles", type=int, default=1000)
     parser.add_argument("--gap-steps", type=int, default=1000, help="SVI steps of the best per-datum q")
