@@ -65,6 +65,7 @@ def main(args) -> dict:
         data="digits28", likelihood="bernoulli", hidden=(400,), latent_dim=50, heldout_fraction=0.2,
         num_steps=args.num_steps, batch_size=args.batch_size, eval_particles=args.eval_particles,
         gap_rows=args.gap_rows, eval_rows=args.eval_rows, seed=args.seed, progress=False,
+        device=args.device,
     )  # fmt: skip
     if args.lr is not None:
         settings["lr"] = args.lr
@@ -107,6 +108,7 @@ def parse(argv=None):
     parser.add_argument("--eval-rows", type=int, default=None, help="ours; None: the run's default")
     parser.add_argument("--baseline-lr", type=float, default=1e-3, help="the plain loop's constant rate")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda, for both sides")
     parser.add_argument("--threads", type=int, default=2)
     return parser.parse_args(argv)
 
