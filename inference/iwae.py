@@ -147,22 +147,25 @@ def _hook_latents(guide_trace, weights: list) -> None:
 
 def stop_gradient(fn: dist.Distribution) -> dist.Distribution:
     """The distribution ``fn`` with its parameters detached (its log-density still differentiable
-    in the value), for the Gaussian families of the gallery's guides: ``Normal``, and
-    :class:`CholeskyAffine` of a standard normal, under ``Independent`` or ``expand``."""
+    in the value), for the Gaussian families of the gallery's guides: ``Normal``,
+    ``MultivariateNormal`` and :class:`CholeskyAffine` of a standard normal, under
+    ``Independent`` or ``expand``."""
     if isinstance(fn, dist.Independent):
         return dist.Independent(stop_gradient(fn.base_dist), fn.reinterpreted_batch_ndims)
     if isinstance(fn, dist.ExpandedDistribution):
         return stop_gradient(fn.base_dist).expand(fn.batch_shape)
     if isinstance(fn, dist.Normal):
         return dist.Normal(fn.loc.detach(), fn.scale.detach())
+    if isinstance(fn, dist.MultivariateNormal):
+        return dist.MultivariateNormal(fn.loc.detach(), scale_tril=fn.scale_tril.detach())
     if isinstance(fn, torch.distributions.TransformedDistribution) and all(
         isinstance(t, CholeskyAffine) for t in fn.transforms
     ):
         transforms = [CholeskyAffine(t.loc.detach(), t.scale_tril.detach()) for t in fn.transforms]
         return dist.TransformedDistribution(stop_gradient(fn.base_dist), transforms)
     raise ValueError(
-        f"DReG needs a guide whose q(z | x) is Gaussian (Normal or a Cholesky affine of one), got "
-        f"{type(fn).__name__}; use --objective iwae"
+        "DReG needs a guide whose q(z | x) is Gaussian (Normal, MultivariateNormal or a Cholesky affine "
+        f"of one), got {type(fn).__name__}; use --objective iwae"
     )
 
 
