@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--data",
         default=None,
-        help="bundled name (iris, digits), mnist (with --data-dir), or a .npy/.npz/.csv path; "
+        help="bundled name (iris, digits, digits28), mnist (with --data-dir), or a .npy/.npz/.csv path; "
         f"None: {BY_MODEL_HELP['data']}",
     )
     run.add_argument("--components", type=int, default=defaults.components, help="K, mixture components")

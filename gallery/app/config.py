@@ -21,7 +21,7 @@ VAE_HIDDEN = (128,)  # the VAE's MLP decoder and encoder
 class DataConfig:
     """What to read and what to do to it first (each step is recorded in metrics.json)."""
 
-    name: str = "iris"  # bundled (iris, digits), mnist (with data_dir) or a .npy/.npz/.csv path; vae: digits
+    name: str = "iris"  # bundled (iris, digits, digits28), mnist (data_dir) or a .npy/.npz/.csv; vae: digits
     standardize: bool = False  # z-score each column
     drop_constant_columns: bool = False
     binarize: bool = False  # the VAE: threshold at 0.5
