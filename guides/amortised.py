@@ -31,6 +31,7 @@ from torch.nn.functional import softplus
 
 from gallery.models.common import claim, data_plate, free_name
 from gallery.models.networks import follow_data, mlp
+from guides.conv import encoder_network
 
 COVARIANCES = ("diag", "full")
 SCALE_FLOOR = 0.1  # input scales below this fraction of the largest are raised to it
@@ -142,6 +143,8 @@ class AmortisedNormal(_Amortised):
     :param input_loc, input_scale: (d,) the network reads (x - input_loc) / input_scale; use the
         training data's mean and standard deviation (:func:`input_scaling`). Default 0 and 1.
     :param name: the ``pyro.module`` name; default a fresh ``amortised_normal.<i>`` on first use.
+    :param architecture: ``"mlp"``, or ``"conv"`` for rows that are square images
+        (:func:`guides.conv.encoder_network`).
     """
 
     BASE_NAME = "amortised_normal"
@@ -157,6 +160,7 @@ class AmortisedNormal(_Amortised):
         input_loc: Tensor | None = None,
         input_scale: Tensor | None = None,
         name: str | None = None,
+        architecture: str = "mlp",
     ):
         super().__init__()
         self._set_input_scaling(obs_dim, input_loc, input_scale)
@@ -164,7 +168,7 @@ class AmortisedNormal(_Amortised):
             raise ValueError(f"covariance={covariance!r} is not one of {', '.join(COVARIANCES)}")
         self.latent_dim, self.covariance, self.name = latent_dim, covariance, name
         num_scale = latent_dim if covariance == "diag" else latent_dim * (latent_dim + 1) // 2
-        self.net = mlp(obs_dim, latent_dim + num_scale, hidden, activation)
+        self.net = encoder_network(obs_dim, latent_dim + num_scale, hidden, activation, architecture)
         self.register_buffer("_tril_rows", torch.tril_indices(latent_dim, latent_dim)[0], persistent=False)
         self.register_buffer("_tril_cols", torch.tril_indices(latent_dim, latent_dim)[1], persistent=False)
 

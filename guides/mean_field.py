@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from gallery.models import owner
-from gallery.models.common import claim, data_plate, free_name, fresh
+from gallery.models.common import check_tensor, claim, data_plate, free_name, fresh
 from guides.amortised import full_covariance_normal
 
 
@@ -47,6 +47,7 @@ class _MeanField:
     ) -> None:
         if data is None:
             raise ValueError(f"{type(self).__name__} needs the data (N, D) it describes; pass data=")
+        check_tensor(data)
         if data.shape[0] != self.num_data:
             raise ValueError(f"guide built for num_data={self.num_data}, data has {data.shape[0]} rows")
         prefix = self._prefix()

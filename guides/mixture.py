@@ -16,7 +16,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.ops.indexing import Vindex
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import constraints
 from torch.nn.functional import softplus
 
@@ -77,7 +77,8 @@ class AmortisedMixture(_Amortised):
     softplus scale of a diagonal Gaussian q(z | x, c = k).
 
     :param obs_dim: d; :param num_components: K; :param latent_dim: p.
-    :param hidden: hidden sizes (``()``: affine in x).
+    :param hidden: hidden sizes (``()``: affine in x); :param activation: by name, as for
+        :class:`AmortisedNormal`.
     :param input_loc, input_scale: (d,) the network reads standardised x (:func:`input_scaling`).
     """
 
@@ -90,7 +91,7 @@ class AmortisedMixture(_Amortised):
         latent_dim: int,
         *,
         hidden: Sequence[int] = (),
-        activation: type[nn.Module] = nn.Tanh,
+        activation: str = "tanh",
         input_loc: Tensor | None = None,
         input_scale: Tensor | None = None,
         name: str | None = None,

@@ -15,6 +15,7 @@ from pyro import poutine
 
 import guides
 from gallery.models import EM_MODELS
+from guides.flow import FLOW_LAYERS, AmortisedFlow
 
 
 def check_guide(model_name: str, guide_name: str) -> None:
@@ -23,10 +24,10 @@ def check_guide(model_name: str, guide_name: str) -> None:
         raise ValueError(f"unknown model {model_name!r}; choose one of {', '.join(EM_MODELS)}")
     if guide_name not in GUIDES:
         raise ValueError(f"unknown guide {guide_name!r}; choose one of {', '.join(GUIDES)}")
-    if guide_name == "amortised-full" and EM_MODELS[model_name].LATENT == "c":
-        raise ValueError("guide 'amortised-full' is for continuous z; for gmm use 'amortised'")
     if getattr(EM_MODELS[model_name], "LATENTS", None) == ("c", "z") and guide_name not in MIXTURE_GUIDES:
         raise ValueError(f"{model_name} takes the guides {', '.join(MIXTURE_GUIDES)}, not {guide_name!r}")
+    if guide_name in ("amortised-full", "amortised-flow") and EM_MODELS[model_name].LATENT == "c":
+        raise ValueError(f"guide {guide_name!r} is for continuous z; for {model_name} use 'amortised'")
 
 
 GUIDES = {
@@ -34,6 +35,8 @@ GUIDES = {
     "mean-field": "one factor per data point: N(loc_n, diag(scale_n^2)), or Categorical(probs_n)",
     "amortised": "a density network q(z|x) with diagonal covariance, or q(c|x)",
     "amortised-full": "a density network q(z|x) with full (Cholesky) covariance (z models only)",
+    "amortised-flow": "a density network's diagonal Gaussian through --flow-layers inverse autoregressive "
+    "flow layers conditioned on x (z models only)",
     "auto-normal": "Pyro's AutoNormal (for the mixture, c is summed out in the model)",
 }
 MIXTURE_GUIDES = ("exact", "mean-field", "amortised")  # for c and z | c together (mfa, mppca)
@@ -49,10 +52,12 @@ def make_guide(
     hidden: tuple[int, ...] = (),
     model_kwargs: dict,
     scaling: dict[str, torch.Tensor] | None = None,
+    flow_layers: int = FLOW_LAYERS,
 ) -> Callable:
     """Build guide ``guide_name`` for ``model_name`` on ``data`` (N, D) with the model starting at
     ``init``; ``size`` is K (mixture) or p (z models). An amortised guide reads x standardised
-    by ``scaling`` (default: :func:`guides.input_scaling` of ``data``). The guide is named
+    by ``scaling`` (default: :func:`guides.input_scaling` of ``data``); ``amortised-flow`` has
+    ``flow_layers`` layers. The guide is named
     ``f"{module.PREFIX}.guide"``."""
     check_guide(model_name, guide_name)
     module = EM_MODELS[model_name]
@@ -69,7 +74,9 @@ def make_guide(
         return guides.auto_normal(poutine.block(model, hide=["c"]) if discrete else model, name=name)
     obs_dim = data.shape[1]
     scaling = guides.input_scaling(data) if scaling is None else scaling
-    if discrete:
+    if guide_name == "amortised-flow":
+        net = AmortisedFlow(obs_dim, size, hidden=hidden, flow_layers=flow_layers, name=name, **scaling)
+    elif discrete:
         net = guides.AmortisedCategorical(obs_dim, size, hidden=hidden, name=name, **scaling)
     else:
         covariance = "full" if guide_name == "amortised-full" else "diag"

@@ -3,9 +3,10 @@
     log p(x) - ELBO(amortised q) = [log p(x) - ELBO(q*)] + [ELBO(q*) - ELBO(amortised q)]
                                  =  approximation gap    +  amortisation gap
 
-where q* is the best per-datapoint q in the encoder's family (diagonal or full covariance),
-found by SVI over a table of local parameters started at the encoder's own q, so that it can
-only climb from the amortised ELBO. log p(x) is the importance-weighted estimate with q* as the
+where q* is the best per-datapoint q in the encoder's family (diagonal or full covariance; for a
+flow guide, a base Gaussian and a context per datum through its flow layers, held fixed), found
+by SVI over a table of local parameters started at the encoder's own q, so that it can only
+climb from the amortised ELBO. log p(x) is the importance-weighted estimate with q* as the
 proposal, and every ELBO is estimated from K samples per datum.
 """
 
@@ -21,6 +22,7 @@ from torch import Tensor
 from gallery.data.checks import check_data
 from gallery.models.common import drop
 from guides.amortised import AmortisedNormal
+from guides.flow import AmortisedFlow, LocalFlow
 from guides.mean_field import MeanFieldNormal
 from inference.importance import ImportanceEstimate, importance_estimate
 from inference.svi import fit_svi
@@ -47,11 +49,16 @@ class InferenceGaps:
         return self.elbo_best_local - self.elbo_amortised
 
 
-def best_local_guide(encoder: AmortisedNormal | None, data: Tensor, latent_dim: int) -> MeanFieldNormal:
+def best_local_guide(
+    encoder: AmortisedNormal | AmortisedFlow | None, data: Tensor, latent_dim: int
+) -> MeanFieldNormal | LocalFlow:
     """A per-datapoint guide for the rows of ``data`` (N, d) in the encoder's family, started at
-    the encoder's q(z | x_n); without an encoder, diagonal and started at the prior N(0, I)."""
+    the encoder's q(z | x_n) (:meth:`guides.AmortisedFlow.local_guide` for a flow); without an
+    encoder, diagonal and started at the prior N(0, I)."""
     if encoder is None:
         return MeanFieldNormal(data.shape[0], latent_dim, name=LOCAL_NAME)
+    if isinstance(encoder, AmortisedFlow):
+        return encoder.local_guide(data, name=LOCAL_NAME)
     with torch.no_grad():
         q = encoder.encode(data)
     if encoder.covariance == "full":
@@ -74,7 +81,7 @@ def best_local_estimate(
     data: Tensor,
     *,
     latent_dim: int,
-    encoder: AmortisedNormal | None = None,
+    encoder: AmortisedNormal | AmortisedFlow | None = None,
     num_steps: int = 1000,
     lr: float = 0.05,
     num_particles: int = 8,
@@ -109,7 +116,7 @@ def best_local_estimate(
 
 def inference_gaps(
     model: Callable,
-    encoder: AmortisedNormal,
+    encoder: AmortisedNormal | AmortisedFlow,
     data: Tensor,
     *,
     num_steps: int = 1000,

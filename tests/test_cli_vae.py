@@ -74,8 +74,9 @@ class Killed(BaseException):
     """Stands in for the process dying: nothing catches it."""
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    argv = ["run", "vae", *TINY, *SMALL_NET, "--checkpoint-every", "10"]
+@pytest.mark.parametrize("guide", ["amortised", "amortised-flow"])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, guide):
+    argv = ["run", "vae", "--guide", guide, *TINY, *SMALL_NET, "--checkpoint-every", "10"]
     assert run_main([*argv, "--out", str(tmp_path / "whole")]) == 0
     real_step, calls = inference.svi.svi_step, {"n": 0}
 

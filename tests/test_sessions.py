@@ -16,7 +16,7 @@ import pyro
 import pytest
 import torch
 
-from gallery.models import MODELS, factor_analysis, gmm, ppca, protocol
+from gallery.models import MODELS, factor_analysis, gmm, ppca, protocol, vae
 from tests import session_fits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +93,44 @@ def test_no_type_tests_on_a_models_params_outside_its_module():
                 if path not in (homes[match.group(1)], Path(__file__).resolve()):
                     found.append(f"{path.relative_to(ROOT)}: {match.group(0)}")
     assert found == []
+
+
+def test_array_data_refused_in_one_line_by_every_model_and_guide():
+    """A numpy array reaches a model or guide only by mistake: each says to convert it once."""
+    import numpy as np
+
+    import guides
+
+    rows = np.zeros((10, 4))
+    sizes = {"gmm": {"num_components": 3}, "factor-analysis": {"latent_dim": 2}, "ppca": {"latent_dim": 2}}
+    sizes |= {"mfa": {"num_components": 3, "latent_dim": 2}, "mppca": {"num_components": 3, "latent_dim": 2}}
+    assert set(sizes) | {"vae"} == set(MODELS)  # every model
+    callables = [(MODELS[name].model, kwargs) for name, kwargs in sizes.items()]
+    callables += [(guides.AmortisedNormal(4, 2), {}), (guides.MeanFieldNormal(10, 2), {})]
+    callables += [(guides.MeanFieldCategorical(10, 3), {}), (vae.model, {"decoder": vae.Decoder(4, 2)})]
+    for function, kwargs in callables:
+        with pytest.raises(
+            TypeError, match=r"^data is a numpy.ndarray, not a torch.Tensor; .*torch.as_tensor"
+        ):
+            function(rows, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "sizes"),
+    [
+        ("gmm", {"num_components": 3}),
+        ("factor-analysis", {"latent_dim": 2}),
+        ("ppca", {"latent_dim": 2}),
+        ("mfa", {"num_components": 3, "latent_dim": 2}),
+        ("mppca", {"num_components": 3, "latent_dim": 2}),
+    ],
+)
+def test_init_in_another_dtype_than_the_data_refused(name, sizes):
+    """float32 data with a float64 init would train float64 parameters in silence."""
+    from gallery import load
+
+    data = load("iris").data
+    module = MODELS[name]
+    init = module.init_params(data, *sizes.values(), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"^init is torch.float64 on cpu but the data is torch.float32"):
+        module.model(data.float(), init=init, **sizes)

@@ -128,14 +128,20 @@ class Fitted:
     def posterior(self, x: Tensor | np.ndarray) -> dist.Distribution:
         """The posterior of the local latent for each row of ``x`` (N, D): ``Categorical`` p(c_n | x_n)
         (``.probs`` the responsibilities, (N, K)) or ``MultivariateNormal`` p(z_n | x_n) (``.loc``
-        (N, p), ``.scale_tril``); for the VAE its amortised q(z_n | x_n)."""
+        (N, p), ``.scale_tril``); for mfa and mppca p(z_n | x_n) = sum_k p(c_n = k | x_n) p(z_n | x_n,
+        c_n = k), a ``MixtureSameFamily`` (``.mixture_distribution.probs`` (N, K), its
+        ``.component_distribution`` (N, K) Gaussians); for the VAE its amortised q(z_n | x_n)."""
         x = self._rows(x)
         if self.model == "vae":
-            if not isinstance(self.guide, guides.AmortisedNormal):
+            if not isinstance(self.guide, guides.AmortisedNormal | guides.AmortisedFlow):
                 raise ValueError("posterior(x) needs an amortised guide; fit the vae with guide='amortised'")
             with torch.no_grad():
                 return self.guide.encode(x)
         params = self.params.to(x.dtype)
+        if getattr(self.module, "LATENTS", None) == ("c", "z"):
+            log_q, loc, scale_tril = self.module.posterior(x, params)  # (N, K), (N, K, p), (K, p, p)
+            components = dist.MultivariateNormal(loc, scale_tril=scale_tril.expand(*loc.shape, -1))
+            return dist.MixtureSameFamily(dist.Categorical(logits=log_q), components)
         if self.module.LATENT == "c":
             return dist.Categorical(logits=self.module.posterior(x, params))
         loc, scale_tril = self.module.posterior(x, params)
@@ -277,11 +283,23 @@ def _decoder(settings: dict, obs_dim: int) -> vae.Decoder:
         activation=settings["activation"],
         likelihood=settings["likelihood"],
         noise_variance=settings["noise_variance"],
+        architecture=settings.get("architecture", "mlp"),
     )
     return decoder.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
 
 
-def _encoder(settings: dict, obs_dim: int, name: str) -> guides.AmortisedNormal:
+def _encoder(settings: dict, obs_dim: int, name: str) -> guides.AmortisedNormal | guides.AmortisedFlow:
+    if settings["guide"] == "amortised-flow":
+        flow = guides.AmortisedFlow(
+            obs_dim,
+            settings["latent_dim"],
+            hidden=tuple(settings["hidden"]),
+            flow_layers=settings["flow_layers"],
+            activation=settings["activation"],
+            name=name,
+            architecture=settings.get("architecture", "mlp"),
+        )
+        return flow.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
     encoder = guides.AmortisedNormal(
         obs_dim,
         settings["latent_dim"],
@@ -289,6 +307,7 @@ def _encoder(settings: dict, obs_dim: int, name: str) -> guides.AmortisedNormal:
         covariance="full" if settings["guide"] == "amortised-full" else "diag",
         activation=settings["activation"],
         name=name,
+        architecture=settings.get("architecture", "mlp"),
     )
     return encoder.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
 

@@ -8,6 +8,7 @@ import math
 import torch
 
 from gallery.app.config import DTYPES, RunConfig
+from gallery.app.threads import check_threads
 
 
 def check_device(name: str) -> torch.device:
@@ -24,8 +25,8 @@ def check_device(name: str) -> torch.device:
 
 def check_settings(config: RunConfig, counts: dict[str, int]) -> torch.device:
     """The dtype, the device, the step, particle and draw counts and the model's own ``counts``
-    (by flag name with _, each at least 1), ``--checkpoint-every`` and ``--lr``. Returns the
-    device."""
+    (by flag name with _, each at least 1), ``--checkpoint-every``, ``--lr`` and ``--threads``.
+    Returns the device."""
     train = config.train
     if train.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {train.dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -38,10 +39,13 @@ def check_settings(config: RunConfig, counts: dict[str, int]) -> torch.device:
     for name, value in {**shared, **counts}.items():
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if config.flow_layers < 0:
+        raise ValueError(f"--flow-layers must be at least 0, got {config.flow_layers}")
     if train.checkpoint_every is not None and train.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be at least 1, got {train.checkpoint_every}")
     if not (math.isfinite(train.lr) and train.lr > 0):
         raise ValueError(f"--lr must be a positive number, got {train.lr}")
+    check_threads(train.threads)
     return device
 
 

@@ -26,6 +26,7 @@ from gallery.app import compare, figures, models_table
 from gallery.app.config import BY_MODEL_HELP, DTYPES, OWN, WHERE, RunConfig, flat, make_config, with_settings
 from gallery.app.parsing import OneLineParser
 from gallery.app.pipeline import fit, prepare, render, summary
+from gallery.app.threads import add_threads_argument
 from gallery.data import datasets
 from gallery.models import MODELS
 from gallery.models.vae import ACTIVATIONS, LIKELIHOODS
@@ -173,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="hidden sizes, e.g. 64,64, of the amortised encoder ((): affine), and of the VAE's "
         f"decoder and encoder; None: {BY_MODEL_HELP['hidden']}",
     )
+    run.add_argument(
+        "--flow-layers",
+        type=int,
+        default=defaults.flow_layers,
+        help="inverse autoregressive flow layers of --guide amortised-flow",
+    )
     run.add_argument("--em-iters", type=int, default=defaults.em_iters, help="maximum EM iterations")
     run.add_argument("--em-tol", type=float, default=defaults.em_tol, help="EM tolerance, nats per datum")
     run.add_argument(
@@ -193,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-constant-columns", action="store_true", help="drop columns with one value (recorded)"
     )
     run.add_argument("--device", default=defaults.device, help="cpu or cuda")
+    add_threads_argument(run)
     run.add_argument(
         "--dtype",
         default=None,
@@ -203,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     vae.add_argument("--likelihood", default=defaults.likelihood, choices=list(LIKELIHOODS), help="p(x|z)")
     vae.add_argument(
         "--decoder", default=defaults.decoder, choices=["mlp", "linear"], help="linear: f(z) = Az + b (PPCA)"
+    )
+    vae.add_argument(
+        "--architecture",
+        default=defaults.architecture,
+        choices=["mlp", "conv"],
+        help="conv: convolutional encoder and decoder, for rows that are square images (8x8, 28x28)",
     )
     vae.add_argument(
         "--activation", default=defaults.activation, choices=list(ACTIVATIONS), help="of the MLPs"

@@ -15,6 +15,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 NETWORK_LR = 0.005  # a network's weights move every q at once: 10x smaller steps than tables
 VAE_LR = 0.002  # the VAE's encoder and decoder: NETWORK_LR diverged on 784-400-z50 (README)
 VAE_HIDDEN = (128,)  # the VAE's MLP decoder and encoder
+CONV_LR = 0.001  # --architecture conv: at NETWORK_LR the conv VAE on the digits ignored z (BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class TrainConfig:
     dtype: str = "float64"  # of the data and SVI; vae: float32
     seed: int = 0  # initial parameters, networks, minibatches
     progress: bool = True
+    threads: int | None = None  # CPU threads for torch; None: torch's default
     checkpoint_every: int | None = None  # None: no checkpoints
     resume: bool = False
     num_processes: int = 1  # data-parallel SVI processes; batch_size is then per process
@@ -65,6 +67,7 @@ class VAEConfig:
 
     likelihood: str = "gaussian"
     decoder: str = "mlp"  # or linear: f(z) = Az + b (PPCA)
+    architecture: str = "mlp"  # or conv: convolutional encoder and decoder for square images
     activation: str = "relu"
     noise_variance: float | None = None  # a fixed sigma^2; None: learned
     heldout_fraction: float = 0.1
@@ -81,6 +84,7 @@ class RunConfig:
     covariance_type: str = "full"
     latent_dim: int = 2  # p, the size of z
     hidden: tuple[int, ...] = ()  # amortised encoder (): affine; vae: VAE_HIDDEN, () for a linear decoder
+    flow_layers: int = 2  # inverse autoregressive flow layers of the amortised-flow guide
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     em: EMConfig = field(default_factory=EMConfig)
@@ -101,7 +105,7 @@ RENAMED = {("data", "name"): "data", ("em", "max_iters"): "em_iters", ("em", "to
 WHERE = {
     RENAMED.get((part, f.name), f.name): (part, f.name) for part, cls in PARTS.items() for f in fields(cls)
 }
-OWN = ("model", "guide", "components", "covariance_type", "latent_dim", "hidden")
+OWN = ("model", "guide", "components", "covariance_type", "latent_dim", "hidden", "flow_layers")
 
 
 def by_model(model: str, guide: str | None = None, decoder: str = "mlp") -> dict:
@@ -122,7 +126,8 @@ def by_model(model: str, guide: str | None = None, decoder: str = "mlp") -> dict
 BY_MODEL_HELP = {
     "guide": "exact, or amortised for the vae",
     "data": "iris, or digits for the vae",
-    "lr": f"{TrainConfig.lr}, or {NETWORK_LR} for amortised guides, {VAE_LR} for the vae's",
+    "lr": f"{TrainConfig.lr}, or {NETWORK_LR} for amortised guides, {VAE_LR} for the vae's ({CONV_LR} with "
+    "--architecture conv)",
     "dtype": "float64, vae float32",
     "eval_particles": "100, vae 1000",
     "hidden": f"(), or {','.join(map(str, VAE_HIDDEN))} for the vae",
@@ -138,6 +143,8 @@ def make_config(model: str, **settings) -> RunConfig:
     if unknown := set(given) - set(WHERE) - set(OWN):
         raise TypeError(f"unknown settings {sorted(unknown)}")
     defaults = by_model(model, given.get("guide"), given.get("decoder", VAEConfig.decoder))
+    if model == "vae" and given.get("architecture") == "conv" and defaults["guide"].startswith("amortised"):
+        defaults["lr"] = CONV_LR
     if model == "vae" and (not given.get("hidden") or given.get("decoder") == "linear"):
         given.pop("hidden", None)
     given = {**{k: v for k, v in defaults.items() if k != "batch_size" or v is not None}, **given}

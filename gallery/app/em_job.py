@@ -192,6 +192,7 @@ def setup(prepared: Prepared, parallel=None) -> Setup:
         hidden=config.hidden,
         model_kwargs=prepared.model_kwargs,
         scaling=prepared.moments.input_scaling(data.device, data.dtype) if streamed else None,
+        flow_layers=config.flow_layers,
     )
     model_kwargs = {"init": init, **prepared.model_kwargs}
     return Setup(
@@ -228,6 +229,8 @@ def evaluate(prepared: Prepared, setup: Setup, svi: SVIResult) -> Evaluated:
     )
     baseline = Baseline(float(em.log_likelihoods[-1]), em.num_iters, em.converged)
     extras = {"stream": config.data.stream}
+    if config.guide == "amortised-flow":
+        extras["flow_layers"] = config.flow_layers
     if setup.restarts is not None:  # absent with --restarts 1, so its metrics stay as they were
         extras["restarts"] = config.em.restarts
         extras["restart_best"] = setup.restarts.best

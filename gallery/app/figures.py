@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from gallery.app.checks import check_device
 from gallery.app.parsing import OneLineParser
+from gallery.app.threads import add_threads_argument, check_threads, using_threads
 from gallery.data import datasets
 from gallery.report.atomic import check_writable_folder, write_all_atomic
 from gallery.report.figures import FILES, LATENT_DIM, Figure, Settings
@@ -113,6 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="for initial parameters, networks and samples")
     parser.add_argument("--out", type=Path, default=Path("runs/figures"), help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -124,6 +126,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.seed < 0:
         raise ValueError(f"--seed must be at least 0, got {args.seed}")
     check_writable_folder(Path(args.out))
+    check_threads(args.threads)
     command = [PROG, *(["--quick"] if args.quick else [])]
     command += [] if args.num_steps is None else ["--num-steps", str(args.num_steps)]
     command += [] if device.type == "cpu" else ["--device", args.device]
@@ -149,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    figures = make_figures(settings, progress=not args.no_progress)
+    with using_threads(args.threads):
+        figures = make_figures(settings, progress=not args.no_progress)
     payloads = {figure.file: figure.png for figure in figures}
     payloads["index.md"] = index_markdown(figures, settings, time.perf_counter() - start)
     write_all_atomic(settings.out, payloads)

@@ -61,9 +61,11 @@ def metrics_dict(
     world_size: int,
     extras: dict,
     seconds: float,
+    threads: int,
 ) -> dict:
     """``header, sizes (num_data, ..., the model's settings), training, evaluation, baseline,
-    svi_seconds, em_seconds, world_size, extras, seconds``: the keys of ``metrics.json``."""
+    svi_seconds, em_seconds, world_size, extras, seconds, threads``: the keys of
+    ``metrics.json`` (``threads``: torch's CPU threads during the run, ``--threads``)."""
     return {
         **_items(header),
         **sizes,
@@ -75,6 +77,7 @@ def metrics_dict(
         "world_size": world_size,
         **extras,
         "seconds": seconds,
+        "threads": threads,
     }
 
 

@@ -27,6 +27,7 @@ from gallery.app import em_job, vae_job
 from gallery.app.config import RunConfig, flat
 from gallery.app.metrics import Header, Training, metrics_dict
 from gallery.app.stages import Evaluated, Prepared, RunResult, Setup, elbo_trace
+from gallery.app.threads import using_threads
 from gallery.data import Dataset
 from gallery.data.fingerprint import fingerprint
 from inference.checkpoint import Checkpointing
@@ -53,7 +54,14 @@ def fit(
     prepared: Prepared, out: Path | None = None, parallel: DataParallel | None = None
 ) -> RunResult | None:
     """Fit by SVI (checkpointing to ``out`` when asked), then evaluate on rank 0; the other
-    ranks of ``parallel`` return ``None``."""
+    ranks of ``parallel`` return ``None``. All of it with ``--threads`` CPU threads."""
+    with using_threads(prepared.config.train.threads) as threads:
+        return _fit(prepared, out, parallel, threads)
+
+
+def _fit(
+    prepared: Prepared, out: Path | None, parallel: DataParallel | None, threads: int
+) -> RunResult | None:
     config, the_job = prepared.config, job(prepared.config)
     start = time.perf_counter()
     checkpoint = checkpointing(config, out, prepared.data)
@@ -98,6 +106,7 @@ def fit(
         world_size=1 if parallel is None else parallel.world_size,
         extras=done.extras,
         seconds=time.perf_counter() - start,
+        threads=threads,
     )
     metrics |= done.trailing
     if "eval_seconds" in done.trailing:
@@ -116,6 +125,7 @@ CHECKPOINT_FREE = {  # settings a resumed run may change
     "arviz",
     "arviz_draws",
     "num_processes",
+    "threads",
 }
 
 

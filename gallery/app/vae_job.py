@@ -25,14 +25,14 @@ from gallery.app.stages import Evaluated, Prepared, RunResult, Setup, elbo_trace
 from gallery.app.vae_watch import DivergenceWatch
 from gallery.data import datasets
 from gallery.data.checks import clock
-from gallery.models import linear_gaussian, vae
+from gallery.models import conv, linear_gaussian, vae
 from inference.em import ppca_max_log_likelihood
 from inference.gaps import best_local_estimate, inference_gaps
 from inference.importance import importance_estimate
 from inference.per_datum import keeps_q_per_datum
 from inference.svi import SVIResult
 
-VAE_GUIDES = ("amortised", "amortised-full", "mean-field")
+VAE_GUIDES = ("amortised", "amortised-full", "amortised-flow", "mean-field")
 
 
 def prepare(config: RunConfig, dataset: datasets.Dataset | None = None) -> Prepared:
@@ -51,6 +51,8 @@ def prepare(config: RunConfig, dataset: datasets.Dataset | None = None) -> Prepa
     _check_vae_settings(config)
     data, labels, image_shape, steps = _load(config, dataset)
     num_data, obs_dim = data.shape
+    if config.vae.architecture == "conv":
+        conv.image_side(obs_dim, image_shape)  # square images with a side divisible by 4, or one line
     if config.latent_dim >= obs_dim and config.vae.decoder == "linear":
         raise ValueError(
             f"--latent-dim {config.latent_dim} must be smaller than the data dimension {obs_dim}"
@@ -104,6 +106,10 @@ def _check_vae_settings(config: RunConfig) -> None:
         raise ValueError(f"unknown likelihood {settings.likelihood!r}; choose one of {choices}")
     if settings.decoder not in ("mlp", "linear"):
         raise ValueError(f"unknown decoder {settings.decoder!r}; choose mlp or linear")
+    if settings.architecture not in conv.ARCHITECTURES:
+        raise ValueError(f"unknown architecture {settings.architecture!r}; choose mlp or conv")
+    if settings.architecture == "conv" and settings.decoder == "linear":
+        raise ValueError("--architecture conv is for the network decoder; drop --decoder linear")
     if settings.activation not in vae.ACTIVATIONS:
         choices = ", ".join(vae.ACTIVATIONS)
         raise ValueError(f"unknown activation {settings.activation!r}; choose one of {choices}")
@@ -157,6 +163,7 @@ def build_decoder(config: RunConfig, train: Tensor) -> vae.Decoder:
         likelihood=settings.likelihood,
         noise_variance=settings.noise_variance,
         init_noise_variance=float(train.var(0, correction=0).mean().clamp_min(1e-6)),
+        architecture=settings.architecture,
     ).to(device=train.device, dtype=train.dtype)
     mean = train.mean(0)
     with torch.no_grad():
@@ -174,6 +181,18 @@ def build_guide(config: RunConfig, train: Tensor):
     so that a checkpoint, which stores parameters by site name, resumes in this process or another."""
     if config.guide == "mean-field":
         return guides.MeanFieldNormal(train.shape[0], config.latent_dim, name=GUIDE_NAME)
+    if config.guide == "amortised-flow":
+        flow = guides.AmortisedFlow(
+            train.shape[1],
+            config.latent_dim,
+            hidden=config.hidden,
+            flow_layers=config.flow_layers,
+            activation=config.vae.activation,
+            name=GUIDE_NAME,
+            architecture=config.vae.architecture,
+            **guides.input_scaling(train),
+        )
+        return flow.to(device=train.device, dtype=train.dtype)
     encoder = guides.AmortisedNormal(
         train.shape[1],
         config.latent_dim,
@@ -181,6 +200,7 @@ def build_guide(config: RunConfig, train: Tensor):
         covariance="full" if config.guide == "amortised-full" else "diag",
         activation=config.vae.activation,
         name=GUIDE_NAME,
+        architecture=config.vae.architecture,
         **guides.input_scaling(train),
     )
     return encoder.to(device=train.device, dtype=train.dtype)
@@ -237,6 +257,8 @@ def evaluate(prepared: Prepared, setup: Setup, svi: SVIResult) -> Evaluated:
         extras["exact_log_likelihood_per_datum"] = float(exact)
         closed_form = ppca_max_log_likelihood(train.double(), config.latent_dim)
         extras["closed_form_log_likelihood_per_datum"] = float(closed_form)
+    if config.guide == "amortised-flow":
+        extras["flow_layers"] = config.flow_layers
     extras.update(heldout_metrics(config, setup.guide, decoder, heldout, particles))
     seconds = setup.eval_seconds + clock(prepared.data) - begin
     trailing = {"eval_rows": len(rows), "eval_seconds": seconds}
@@ -251,6 +273,7 @@ def _sizes(prepared: Prepared, decoder: vae.Decoder) -> dict:
         "obs_dim": prepared.data.shape[1],
         "latent_dim": config.latent_dim,
         "decoder": config.vae.decoder,
+        "architecture": config.vae.architecture,
         "hidden": list(decoder_hidden(decoder)),
         "activation": config.vae.activation,
         "likelihood": config.vae.likelihood,
@@ -286,7 +309,7 @@ def heldout_metrics(config: RunConfig, guide, decoder, heldout: Tensor | None, n
         estimate = importance_estimate(fixed_model, guide, heldout, num_samples=num_samples, decoder=decoder)
     result["heldout_elbo_per_datum"] = float(estimate.elbo.mean())
     result["heldout_log_likelihood_per_datum"] = float(estimate.log_likelihood.mean())
-    if isinstance(guide, guides.AmortisedNormal) and config.vae.gap_rows > 0:
+    if isinstance(guide, guides.AmortisedNormal | guides.AmortisedFlow) and config.vae.gap_rows > 0:
         gaps = inference_gaps(vae.model, guide, heldout[: config.vae.gap_rows], **local)
         result["gap_rows"] = gaps.num_data
         result["approximation_gap_per_datum"] = gaps.approximation

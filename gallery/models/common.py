@@ -24,6 +24,7 @@ def resolve_sizes(
         if num_data is None or obs_dim is None:
             raise ValueError("with data=None pass num_data= and obs_dim= so the model knows what to sample")
         return int(num_data), int(obs_dim)
+    check_tensor(data)
     if data.dim() != 2:
         raise ValueError(
             f"data must be 2-D (num_data, obs_dim); got shape {tuple(data.shape)}: "
@@ -34,6 +35,16 @@ def resolve_sizes(
     if obs_dim is not None and obs_dim != data.shape[1]:
         raise ValueError(f"obs_dim={obs_dim} but data has {data.shape[1]} columns; drop obs_dim")
     return data.shape[0], data.shape[1]
+
+
+def check_tensor(data: object) -> None:
+    """Refuse data that is not a tensor (a numpy array, a list) in one line: a model and its guide
+    run every step, so the conversion belongs before the fit, once."""
+    if not isinstance(data, Tensor):
+        raise TypeError(
+            f"data is a {type(data).__module__}.{type(data).__qualname__}, not a torch.Tensor; convert it "
+            "once before fitting: data = torch.as_tensor(data)"
+        )
 
 
 def resolve_device(data: Tensor | None, device: torch.device | str | None) -> torch.device:

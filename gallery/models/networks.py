@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from gallery.models.common import same_device
+from gallery.models.common import check_tensor, same_device
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "elu": nn.ELU}
 
@@ -37,6 +37,7 @@ def follow_data(network: nn.Module, data: Tensor) -> None:
     """Move ``network`` to the dtype and device of ``data`` on its first call (torch builds float32
     weights on the CPU; the gallery's data are often float64), and refuse a later mismatch: its
     weights have been trained (and an optimiser holds them) by then."""
+    check_tensor(data)
     weight = next(network.parameters())
     if weight.dtype == data.dtype and same_device(weight.device, data.device):
         network._follows_data = True  # from now on, its weights stay where they are

@@ -12,7 +12,8 @@ The continuous Bernoulli (Loaiza-Ganem and Cunningham 2019, eq. 2) is the Bernou
 normalised on [0, 1], the density for grey pixels:
 p(x | lam) = C(lam) lam^x (1 - lam)^(1 - x), C(lam) = 2 atanh(1 - 2 lam) / (1 - 2 lam) (2 at 1/2).
 
-f is an MLP (:class:`Decoder`), registered with ``pyro.module`` as ``vae.decoder`` (the model's
+f is an MLP, or for square images transposed convolutions (:mod:`gallery.models.conv`)
+(:class:`Decoder`), registered with ``pyro.module`` as ``vae.decoder`` (the model's
 ``name=`` and ``.decoder``; a new decoder object replaces the sites of the old one); sigma^2 is learned as the
 decoder's parameter ``log_noise_variance`` (so the whole model travels in one state dict), or
 fixed. With ``hidden=()`` f(z) = A z + b is affine and the
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from gallery.models.common import claim, data_plate, resolve_device, resolve_sizes, same_device
+from gallery.models.conv import ARCHITECTURES, conv_decoder, image_side
 from gallery.models.linear_gaussian import LinearGaussianParams
 from gallery.models.networks import ACTIVATIONS, check_activation, follow_data, mlp
 
@@ -51,6 +53,8 @@ class Decoder(nn.Module):
         ``"continuous-bernoulli"`` (f is the logits).
     :param noise_variance: a fixed sigma^2 for the Gaussian likelihood; ``None`` learns it, as
         log sigma^2 (unconstrained), starting at ``init_noise_variance``.
+    :param architecture: ``"mlp"``, or ``"conv"`` for rows that are square images: ``hidden``
+        MLP layers to a feature map, then transposed convolutions (:mod:`gallery.models.conv`).
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class Decoder(nn.Module):
         likelihood: str = "gaussian",
         noise_variance: float | None = None,
         init_noise_variance: float = 1.0,
+        architecture: str = "mlp",
     ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -77,7 +82,13 @@ class Decoder(nn.Module):
             raise ValueError(f"latent_dim={latent_dim} and obs_dim={obs_dim} must be at least 1")
         self.latent_dim, self.obs_dim, self.likelihood = latent_dim, obs_dim, likelihood
         self.fixed_noise_variance, self.init_noise_variance = noise_variance, init_noise_variance
-        self.net = mlp(latent_dim, obs_dim, hidden, activation)
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture={architecture!r} is not one of {', '.join(ARCHITECTURES)}")
+        self.architecture = architecture
+        if architecture == "conv":  # the last module is then the per-pixel output layer
+            self.net = conv_decoder(latent_dim, image_side(obs_dim), hidden, activation)
+        else:
+            self.net = mlp(latent_dim, obs_dim, hidden, activation)
         if likelihood == "gaussian" and noise_variance is None:
             self.log_noise_variance = nn.Parameter(torch.tensor(math.log(init_noise_variance)))
         else:

@@ -13,8 +13,9 @@ from pyro.infer import Trace_ELBO
 
 import guides
 from gallery import load
-from gallery.models import factor_analysis, gmm, ppca, vae
+from gallery.models import factor_analysis, gmm, mfa, ppca, vae
 from gallery.models.linear_gaussian import posterior
+from guides.mixture import AmortisedMixture
 from inference.evaluate import decompose
 from inference.svi import fit_svi
 from tests.conftest import known_gmm, known_linear_gaussian, sample_gmm, sample_linear_gaussian
@@ -192,8 +193,13 @@ def test_full_covariance_normal_is_the_multivariate_normal():
             guides.AmortisedNormal(4, 2, hidden=(8,)),
             {"decoder": vae.Decoder(4, 2, hidden=(8,))},
         ),
+        lambda data: (
+            mfa.model,
+            AmortisedMixture(4, 3, 2, hidden=(8,)),
+            {"num_components": 3, "latent_dim": 2},
+        ),
     ],
-    ids=["amortised-normal", "amortised-categorical", "vae-decoder-and-encoder"],
+    ids=["amortised-normal", "amortised-categorical", "vae-decoder-and-encoder", "amortised-mixture"],
 )
 def test_networks_follow_float64_data_under_stock_svi(build):
     """Built as torch builds them (float32), trained by Pyro's own SVI on float64 data: no .double()."""
@@ -222,7 +228,13 @@ def test_mean_field_guides_start_at_the_e_step():
 
 
 @pytest.mark.parametrize(
-    "make", [lambda d: gmm.init_params(d, 3), lambda d: factor_analysis.init_params(d, 2)]
+    "make",
+    [
+        lambda d: gmm.init_params(d, 3),
+        lambda d: factor_analysis.init_params(d, 2),
+        lambda d: mfa.init_params(d, 3, 2, generator=torch.Generator().manual_seed(0)),
+    ],
+    ids=["gmm", "linear-gaussian", "mixture-of-linear-gaussians"],
 )
 def test_params_round_trip_through_dicts(make):
     params = make(load("iris").data)

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from gallery.data.checks import check_data
-from gallery.models.common import claim, data_plate, fresh, release, resolve_device, resolve_sizes
+from gallery.models.common import check_init, claim, data_plate, fresh, release, resolve_device, resolve_sizes
 from gallery.models.gmm.model import _kmeans
 
 CHUNK_BYTES = 2**22  # per (rows, K * max(D, p)) intermediate of the E-step: about the CPU cache
@@ -79,6 +79,21 @@ class MFAParams:
             loading=move(self.loading),
             noise_variance=move(self.noise_variance),
         )
+
+    def float(self) -> MFAParams:
+        return self.to(torch.float32)
+
+    def double(self) -> MFAParams:
+        return self.to(torch.float64)
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """The four tensors by field name."""
+        return {name: getattr(self, name) for name in ("weights", "loc", "loading", "noise_variance")}
+
+    @classmethod
+    def from_dict(cls, tensors: dict[str, Tensor]) -> MFAParams:
+        """The parameters :meth:`as_dict` gave."""
+        return cls(**tensors)
 
 
 def owns(params: object, isotropic: bool) -> bool:
@@ -148,6 +163,7 @@ def global_params(
     """The ``pyro.param`` sites ``{name}.weights``, ``.loc``, ``.loading``, ``.noise_variance``,
     created from ``init`` on first use and replaced by another ``init`` (:func:`claim`)."""
     if init is not None:
+        check_init(init.loc, data)
         claim(name, init)
 
     @functools.cache
@@ -205,7 +221,8 @@ def model(
         device=device,
         name=name,
     )
-    zeros = params.loc.new_zeros(latent_dim)
+    # not params.loc.new_zeros: render_model would draw a false edge loc -> z
+    zeros = torch.zeros(latent_dim, dtype=params.loc.dtype, device=params.loc.device)
     with data_plate(num_data, subsample, subsample_size, device) as ind:
         c = pyro.sample("c", dist.Categorical(params.weights), infer={"enumerate": "parallel"})
         z = pyro.sample("z", dist.Normal(zeros, torch.ones_like(zeros)).to_event(1))  # (..., B, p)

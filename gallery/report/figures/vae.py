@@ -15,7 +15,7 @@ from torch import Tensor  # noqa: E402
 
 from gallery.models import vae  # noqa: E402
 from gallery.report.outputs import png_bytes  # noqa: E402
-from guides import AmortisedNormal, MeanFieldNormal  # noqa: E402
+from guides import AmortisedFlow, AmortisedNormal, MeanFieldNormal  # noqa: E402
 
 
 def _as_images(rows: Tensor, image_shape: tuple[int, int] | None) -> Tensor:
@@ -52,7 +52,7 @@ def latent_means(guide, data: Tensor) -> Tensor:
     """(N, p) the means of q(z | x_n): from the encoder, or the per-datapoint table (the rows of
     ``data`` must then be the ones it was trained on)."""
     with torch.no_grad():
-        if isinstance(guide, AmortisedNormal):
+        if isinstance(guide, AmortisedNormal | AmortisedFlow):
             return guide.mean(data)
         if isinstance(guide, MeanFieldNormal):
             return pyro.param(f"{guide.name}_loc").detach()
