@@ -86,7 +86,7 @@ def main(args) -> dict:
     plain |= {"heldout_elbo_per_datum": float(estimate.elbo.mean()), "svi_seconds": seconds}
     keys = ("lr", "heldout_log_likelihood_per_datum", "heldout_elbo_per_datum", "svi_seconds")
     keys += ("approximation_gap_per_datum", "amortisation_gap_per_datum", "gap_rows")
-    keys += ("eval_rows", "eval_seconds", "seconds", "eval_fraction")
+    keys += ("eval_rows", "eval_seconds", "seconds", "eval_seconds_fraction")
     return {
         "settings": {**vars(args), "torch": torch.__version__, "pyro": pyro.__version__},
         "ours": {key: m[key] for key in keys},

@@ -26,7 +26,7 @@ def test_vae_defaults_compares_the_run_with_the_plain_loop():
     argv = ["bench/vae_defaults.py", "--num-steps", "3", "--eval-particles", "2", "--gap-rows", "0"]
     result = json.loads(_run(*argv, "--eval-rows", "10", "--threads", "1"))
     ours, plain = result["ours"], result["plain_loop"]
-    assert ours["eval_rows"] == 10 and 0 < ours["eval_fraction"] < 1
+    assert ours["eval_rows"] == 10 and 0 < ours["eval_seconds_fraction"] < 1
     for side in (ours, plain):
         assert math.isfinite(side["heldout_log_likelihood_per_datum"]) and side["svi_seconds"] > 0
     gap = plain["heldout_log_likelihood_per_datum"] - ours["heldout_log_likelihood_per_datum"]

@@ -110,7 +110,7 @@ def _fit(
     )
     metrics |= done.trailing
     if "eval_seconds" in done.trailing:
-        metrics["eval_fraction"] = done.trailing["eval_seconds"] / metrics["seconds"]
+        metrics["eval_seconds_fraction"] = done.trailing["eval_seconds"] / metrics["seconds"]
     return RunResult(metrics, svi, prepared, setup, done.fitted)
 
 
