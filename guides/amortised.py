@@ -34,6 +34,7 @@ from gallery.models.networks import follow_data, mlp
 from guides.conv import encoder_network
 
 COVARIANCES = ("diag", "full")
+SCALE_FLOOR = 0.1  # input scales below this fraction of the largest are raised to it
 
 
 def input_scaling(data: Tensor) -> dict[str, Tensor]:
@@ -101,7 +102,8 @@ class _Amortised(nn.Module):
             )
         if not bool(torch.isfinite(loc).all() & torch.isfinite(scale).all()):
             raise ValueError("input_loc and input_scale must be finite")
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # constant columns: leave as is
+        floor = SCALE_FLOOR * scale.max()  # a near-constant column is not blown up (module docstring)
+        scale = torch.where(scale > floor, scale, floor if floor > 0 else torch.ones_like(scale))
         self.register_buffer("input_loc", loc)
         self.register_buffer("input_scale", scale)
 

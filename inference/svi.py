@@ -39,6 +39,7 @@ from inference.compiled import check_compile, choose_compile, compile_step, comp
 from inference.distributed import DataParallel
 from inference.estimators import DeviceTrace_ELBO, DeviceTraceEnum_ELBO
 from inference.interrupt import Interrupted, requested
+from inference.iwae import IWAE, make_objective
 from inference.per_datum import keeps_q_per_datum
 
 MAX_PLATE_NESTING = 1  # every gallery model has one plate, "data"
@@ -154,13 +155,15 @@ def fit_svi(
     lr: float = 0.01,
     final_lr_ratio: float = 0.1,
     num_particles: int = 1,
-    elbo: ELBO | None = None,
+    objective: str = "elbo",
+    elbo: ELBO | IWAE | None = None,
     seed: int | None = 0,
     progress: bool = True,
     grad_hook: Callable[[list[Tensor]], None] | None = None,
     checkpoint: Checkpointing | None = None,
     parallel: DataParallel | None = None,
     compile: str = "off",
+    divergence_hint: Callable[[], str] | None = None,
     **model_kwargs,
 ) -> SVIResult:
     """Fit ``model`` and ``guide`` to ``data`` (N, D) by SVI with Adam.
@@ -169,8 +172,12 @@ def fit_svi(
         ``batch_size`` and a guide with no q per data point), see :func:`step_rows`.
     :param batch_size: minibatch size B (``None``: the full data every step).
     :param lr: Adam's initial learning rate, decayed geometrically to ``lr * final_lr_ratio``.
-    :param num_particles: K samples per step for the ELBO estimate, vectorised.
-    :param elbo: an ELBO instance; default :func:`make_elbo` chosen by :func:`uses_enumeration`.
+    :param num_particles: K samples per step (per data point) for the estimate, vectorised.
+    :param objective: ``"elbo"``, or the K-sample importance-weighted bound ``"iwae"`` with the
+        plain gradient or ``"iwae-dreg"`` with the doubly reparameterised one
+        (:mod:`inference.iwae`).
+    :param elbo: an ELBO instance; default :func:`make_elbo` chosen by :func:`uses_enumeration`
+        for ``objective="elbo"``, else :func:`~inference.iwae.make_objective`.
     :param checkpoint: where and how often to save the run's state, and whether to resume from it;
         on CPU a resumed run ends with the parameters of an uninterrupted one, bit for bit
         (:class:`RunState`).
@@ -189,6 +196,10 @@ def fit_svi(
         for bit the eager step; ``"inductor"``: that graph compiled by ``torch.compile``;
         ``"auto"``: :func:`~inference.compiled.choose_compile`. A step that cannot be traced runs
         eagerly, with one warning (:mod:`inference.compiled`).
+    :param divergence_hint: called once when the loss or a parameter is found non-finite: what
+        diverged in this model and the setting to change, for the error message (default: the
+        mixture's and factor models' hint, a variance collapsing on constant columns or
+        duplicated points).
     :param model_kwargs: passed to both model and guide (the same signature).
     :returns: the loss history; the fitted parameters are in Pyro's param store.
     """
@@ -200,9 +211,12 @@ def fit_svi(
     if parallel is not None or seed is not None:
         pyro.set_rng_seed(batch_seed)
     run = RunState.open(checkpoint, parallel)
+    run.hint = divergence_hint
     batches = minibatches(rows.num_data, batch_size, rows.index_device, batch_seed, run.start_step)
     inputs = rows.step_inputs(model, guide, model_kwargs)
     first = next(batches)
+    if elbo is None and objective != "elbo":
+        elbo = make_objective(objective, num_particles, MAX_PLATE_NESTING)
     if elbo is None:
         first_model, first_guide, first_data, first_kwargs = inputs(first)
         with fitting(data):  # data of another width than init, decoder or encoder: one line
@@ -275,7 +289,7 @@ def _train(
             schedule.step()
             subsample = next(batches)
             if (t + 1) % log_every == 0:  # one host sync every 5% of the run
-                _check_finite(losses, t, params, run.note, run.parallel)
+                _check_finite(losses, t, params, run.note, run.parallel, run.hint)
                 bar.set_postfix(elbo_per_datum=f"{-float(losses[t]) / num_data:.4f}")
             run.after_step(t + 1, params)
             if (signum := requested()) is not None:  # SIGINT or SIGTERM: stop at this boundary
@@ -397,6 +411,7 @@ class RunState:
     state: dict | None = None
     summed: int = 0
     note: str = ""
+    hint: Callable[[], str] | None = None  # what diverged, for the message (fit_svi's divergence_hint)
 
     @classmethod
     def open(cls, checkpoint: Checkpointing | None, parallel: DataParallel | None) -> RunState:
@@ -422,7 +437,7 @@ class RunState:
     def after_step(self, steps_done: int, params: list[Tensor]) -> None:
         """Checkpoint after ``steps_done`` steps when due; nothing non-finite is saved."""
         if self.checkpoint is not None and self.checkpoint.due(steps_done, len(self.losses)):
-            _check_finite(self.losses, steps_done - 1, params, self.note, self.parallel)
+            _check_finite(self.losses, steps_done - 1, params, self.note, self.parallel, self.hint)
             self._sum_losses(steps_done)
             self._save(steps_done)
 
@@ -431,14 +446,14 @@ class RunState:
         not saved already) and raise :class:`~inference.interrupt.Interrupted`."""
         checkpoint = self.checkpoint
         if checkpoint is not None and not checkpoint.due(steps_done, len(self.losses)):
-            _check_finite(self.losses, steps_done - 1, params, self.note, self.parallel)
+            _check_finite(self.losses, steps_done - 1, params, self.note, self.parallel, self.hint)
             self._sum_losses(steps_done)
             self._save(steps_done)
         raise Interrupted(signum, steps_done, None if checkpoint is None else checkpoint.path)
 
     def finish(self, params: list[Tensor]) -> None:
         num_steps = len(self.losses)
-        _check_finite(self.losses, num_steps - 1, params, self.note, self.parallel)
+        _check_finite(self.losses, num_steps - 1, params, self.note, self.parallel, self.hint)
         self._sum_losses(num_steps)
 
     def _sum_losses(self, stop: int) -> None:
@@ -471,7 +486,12 @@ def networks(model: Callable, guide: Callable, model_kwargs: dict) -> dict[str, 
 
 
 def _check_finite(
-    losses: Tensor, step: int, params: list[Tensor], note: str = "", parallel: DataParallel | None = None
+    losses: Tensor,
+    step: int,
+    params: list[Tensor],
+    note: str = "",
+    parallel: DataParallel | None = None,
+    hint: Callable[[], str] | None = None,
 ) -> None:
     """Raise if any loss up to ``step`` or any parameter is NaN or infinite, naming the first
     such step. With ``parallel`` every rank takes part and every rank raises if one fails:
@@ -494,7 +514,10 @@ def _check_finite(
             if len(bad)
             else f"a parameter is not finite after step {step}"
         )
-        raise ValueError(
-            f"SVI diverged{on_rank}: {where}; lower the learning rate, or check the data for constant "
-            f"columns or duplicated points (a variance can collapse to 0){note}"
+        advice = (
+            "lower the learning rate, or check the data for constant columns or duplicated points (a "
+            "variance can collapse to 0)"
+            if hint is None
+            else hint()
         )
+        raise ValueError(f"SVI diverged{on_rank}: {where}; {advice}{note}")

@@ -79,7 +79,7 @@ def run(argv: list[str], out: Path, mode: str = "none", count: int = 0) -> subpr
 
 def results(out: Path) -> tuple[dict, dict]:
     metrics = json.loads((out / "metrics.json").read_text())
-    for timing in ("seconds", "svi_seconds", "em_seconds"):
+    for timing in ("seconds", "svi_seconds", "em_seconds", "eval_seconds", "eval_seconds_fraction"):
         metrics.pop(timing, None)
     return metrics, torch.load(out / "params.pt", weights_only=True)
 

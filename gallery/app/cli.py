@@ -35,6 +35,7 @@ from gallery.report.lock import output_lock
 from guides.registry import GUIDES
 from inference.distributed import DataParallel
 from inference.interrupt import Interrupted, stop_on_signals
+from inference.iwae import OBJECTIVES
 
 EM_MODELS = [name for name in MODELS if name != "vae"]
 MAX_SEED = 2**32 - 1  # pyro.set_rng_seed seeds NumPy's legacy generator, which takes 0..2**32 - 1
@@ -48,6 +49,19 @@ def _hidden(text: str) -> tuple[int, ...]:
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"--hidden sizes must be positive, got {text!r}")
     return sizes
+
+
+def _rows(text: str) -> int:
+    """``--eval-rows``: a number of rows, or ``all`` (0)."""
+    if text.strip().lower() == "all":
+        return 0
+    try:
+        rows = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--eval-rows takes a number of rows or all, got {text!r}") from None
+    if rows < 0:
+        raise argparse.ArgumentTypeError(f"--eval-rows must be a number of rows or all, got {text!r}")
+    return rows
 
 
 def _seed(text: str) -> int:
@@ -109,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--data",
         default=None,
-        help="bundled name (iris, digits), mnist (with --data-dir), or a .npy/.npz/.csv path; "
+        help="bundled name (iris, digits, digits28), mnist (with --data-dir), or a .npy/.npz/.csv path; "
         f"None: {BY_MODEL_HELP['data']}",
     )
     run.add_argument("--components", type=int, default=defaults.components, help="K, mixture components")
@@ -131,7 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Adam learning rate, decays 10x; None: {BY_MODEL_HELP['lr']}",
     )
     run.add_argument(
-        "--num-particles", type=int, default=defaults.num_particles, help="ELBO samples per step"
+        "--num-particles",
+        "--train-particles",
+        dest="num_particles",
+        type=int,
+        default=defaults.num_particles,
+        help="samples per data point per step: of the ELBO, or K of --objective iwae",
+    )
+    run.add_argument(
+        "--objective",
+        default=defaults.objective,
+        choices=list(OBJECTIVES),
+        help="the training objective: the ELBO, or the K-sample importance-weighted bound (Burda et al. "
+        "2016) with the plain gradient (iwae) or the doubly reparameterised one (iwae-dreg, Tucker et "
+        "al. 2019), K = --train-particles",
     )
     run.add_argument(
         "--eval-particles",
@@ -210,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vae.add_argument(
         "--gap-steps", type=int, default=defaults.gap_steps, help="SVI steps for the best local q"
+    )
+    vae.add_argument(
+        "--eval-rows",
+        type=_rows,
+        default=defaults.eval_rows,
+        help="training rows (a fixed sample) for the importance-weighted log p(x) and ELBO, at the start "
+        "and after SVI; all (or 0): every row. Held-out rows are always all evaluated",
     )
     run.add_argument(
         "--seed", type=_seed, default=defaults.seed, help="for initial parameters, networks, minibatches"

@@ -13,6 +13,7 @@ import torch
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 NETWORK_LR = 0.005  # a network's weights move every q at once: 10x smaller steps than tables
+VAE_LR = 0.002  # the VAE's encoder and decoder: NETWORK_LR diverged on 784-400-z50 (README)
 VAE_HIDDEN = (128,)  # the VAE's MLP decoder and encoder
 CONV_LR = 0.001  # --architecture conv: at NETWORK_LR the conv VAE on the digits ignored z (BENCHMARKS.md)
 
@@ -21,7 +22,7 @@ CONV_LR = 0.001  # --architecture conv: at NETWORK_LR the conv VAE on the digits
 class DataConfig:
     """What to read and what to do to it first (each step is recorded in metrics.json)."""
 
-    name: str = "iris"  # bundled (iris, digits), mnist (with data_dir) or a .npy/.npz/.csv path; vae: digits
+    name: str = "iris"  # bundled (iris, digits, digits28), mnist (data_dir) or a .npy/.npz/.csv; vae: digits
     standardize: bool = False  # z-score each column
     drop_constant_columns: bool = False
     binarize: bool = False  # the VAE: threshold at 0.5
@@ -35,7 +36,7 @@ class TrainConfig:
 
     num_steps: int = 2000
     batch_size: int | None = None  # None: every row every step; vae: 128 (per process)
-    lr: float = 0.05  # Adam's initial rate, decayed 10x; amortised guides: NETWORK_LR
+    lr: float = 0.05  # Adam's initial rate, decayed 10x; amortised guides: NETWORK_LR, the vae's VAE_LR
     num_particles: int = 1  # ELBO samples per step
     eval_particles: int = 100  # samples of the final ELBO; vae: 1000, for log p(x) too
     device: str = "cpu"
@@ -49,6 +50,7 @@ class TrainConfig:
     arviz: bool = False  # posterior draws of the local latents and the ELBO trace
     arviz_draws: int = 100
     compile: str = "auto"  # SVI's step: off, graph, inductor; auto: graph from 1000 steps on CPU
+    objective: str = "elbo"  # or iwae, iwae-dreg: the num_particles-sample bound (inference.iwae)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class VAEConfig:
     heldout_fraction: float = 0.1
     gap_rows: int = 200  # held-out rows for the inference gaps
     gap_steps: int = 1000  # SVI steps for the best local q
+    eval_rows: int = 1000  # training rows (a fixed sample) for the importance-weighted estimates; 0: all
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def by_model(model: str, guide: str | None = None, decoder: str = "mlp") -> dict
     return {
         "guide": guide,
         "data": "digits" if vae else "iris",
-        "lr": NETWORK_LR if guide.startswith("amortised") else TrainConfig.lr,
+        "lr": (VAE_LR if vae else NETWORK_LR) if guide.startswith("amortised") else TrainConfig.lr,
         "dtype": "float32" if vae else TrainConfig.dtype,
         "eval_particles": 1000 if vae else TrainConfig.eval_particles,
         "hidden": (() if decoder == "linear" else VAE_HIDDEN) if vae else (),
@@ -124,7 +127,8 @@ def by_model(model: str, guide: str | None = None, decoder: str = "mlp") -> dict
 BY_MODEL_HELP = {
     "guide": "exact, or amortised for the vae",
     "data": "iris, or digits for the vae",
-    "lr": f"{TrainConfig.lr}, or {NETWORK_LR} for amortised guides ({CONV_LR} with --architecture conv)",
+    "lr": f"{TrainConfig.lr}, or {NETWORK_LR} for amortised guides, {VAE_LR} for the vae's ({CONV_LR} with "
+    "--architecture conv)",
     "dtype": "float64, vae float32",
     "eval_particles": "100, vae 1000",
     "hidden": f"(), or {','.join(map(str, VAE_HIDDEN))} for the vae",

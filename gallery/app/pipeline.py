@@ -76,13 +76,17 @@ def _fit(
         batch_size=setup.batch_size,
         lr=train.lr,
         num_particles=train.num_particles,
+        objective=train.objective,
         seed=train.seed,
         progress=train.progress,
         checkpoint=checkpoint,
         parallel=parallel,
         compile=train.compile,
+        divergence_hint=None if setup.watch is None else setup.watch.hint,
         **setup.model_kwargs,
     )
+    if setup.watch is not None:
+        setup.watch.remove()
     if parallel is not None and not parallel.is_root:
         return None
     done = the_job.evaluate(prepared, setup, svi)
@@ -106,6 +110,9 @@ def _fit(
         threads=threads,
         compiled={"compile": train.compile, "compiled": svi.compiled, "compile_seconds": svi.compile_seconds},
     )
+    metrics |= done.trailing
+    if "eval_seconds" in done.trailing:
+        metrics["eval_seconds_fraction"] = done.trailing["eval_seconds"] / metrics["seconds"]
     return RunResult(metrics, svi, prepared, setup, done.fitted)
 
 
@@ -116,6 +123,7 @@ CHECKPOINT_FREE = {  # settings a resumed run may change
     "eval_particles",
     "gap_rows",
     "gap_steps",
+    "eval_rows",
     "arviz",
     "arviz_draws",
     "num_processes",

@@ -42,6 +42,8 @@ class Setup:
     init: object = None  # EM models: the starting parameters that SVI and EM share
     initial: object = None  # the VAE: the importance estimate at the start (rank 0)
     restarts: object = None  # EM models with --restarts > 1: em_job.Restarts, EM from every start
+    eval_seconds: float = 0.0  # the VAE: of the importance estimate at the start
+    watch: object = None  # the VAE: vae_watch.DivergenceWatch, its divergence_hint for fit_svi
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Evaluated:
     em_seconds: float | None
     extras: dict
     fitted: object = None  # EM models: EMFit (the SVI and EM parameters, EM's history)
+    trailing: dict = field(default_factory=dict)  # keys after "seconds": the VAE's evaluation share
 
 
 @dataclass(frozen=True)

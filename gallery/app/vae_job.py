@@ -22,7 +22,9 @@ from gallery.app.config import RunConfig
 from gallery.app.metrics import Baseline, Evaluation
 from gallery.app.resources import check_resources
 from gallery.app.stages import Evaluated, Prepared, RunResult, Setup, elbo_trace
+from gallery.app.vae_watch import DivergenceWatch
 from gallery.data import datasets
+from gallery.data.checks import clock
 from gallery.models import conv, linear_gaussian, vae
 from inference.em import ppca_max_log_likelihood
 from inference.gaps import best_local_estimate, inference_gaps
@@ -84,6 +86,8 @@ def _check_vae_settings(config: RunConfig) -> None:
     settings = config.vae
     if config.train.eval_particles < 1:
         raise ValueError(f"--eval-particles must be at least 1, got {config.train.eval_particles}")
+    if settings.eval_rows < 0:
+        raise ValueError(f"--eval-rows must be a number of rows or all, got {settings.eval_rows}")
     if settings.gap_rows < 0:
         raise ValueError(f"--gap-rows must be at least 0, got {settings.gap_rows}")
     if not 0 <= settings.heldout_fraction < 1:
@@ -109,9 +113,10 @@ def _check_vae_settings(config: RunConfig) -> None:
     if settings.activation not in vae.ACTIVATIONS:
         choices = ", ".join(vae.ACTIVATIONS)
         raise ValueError(f"unknown activation {settings.activation!r}; choose one of {choices}")
-    if settings.likelihood == "bernoulli" and noise is not None:
+    if settings.likelihood != "gaussian" and noise is not None:
         raise ValueError(
-            "--noise-variance is for the Gaussian likelihood; drop it with --likelihood bernoulli"
+            "--noise-variance is for the Gaussian likelihood; drop it with --likelihood "
+            f"{settings.likelihood}"
         )
 
 
@@ -135,14 +140,20 @@ def _load(config: RunConfig, dataset: datasets.Dataset | None = None):
         steps.append("binarize(>0.5)")
     if config.vae.likelihood == "bernoulli" and not bool(((data == 0) | (data == 1)).all()):
         raise ValueError(
-            "--likelihood bernoulli needs binary data (0 or 1); pass --binarize to threshold values at 0.5, "
-            "or use --likelihood gaussian"
+            "--likelihood bernoulli needs binary data (0 or 1), and the Bernoulli is no density on grey "
+            "values: use --likelihood continuous-bernoulli for values in [0, 1], or pass --binarize to "
+            "threshold at 0.5"
+        )
+    if config.vae.likelihood == "continuous-bernoulli" and not bool(((data >= 0) & (data <= 1)).all()):
+        raise ValueError(
+            f"--likelihood continuous-bernoulli needs values in [0, 1], got {float(data.min()):.4g} to "
+            f"{float(data.max()):.4g}; rescale the data to [0, 1] or use --likelihood gaussian"
         )
     return data, dataset.labels, dataset.image_shape, steps
 
 
 def build_decoder(config: RunConfig, train: Tensor) -> vae.Decoder:
-    """The decoder, its output bias at the data mean (Gaussian) or its logit (Bernoulli)."""
+    """The decoder, its output bias at the data mean (Gaussian) or its logit (the Bernoullis)."""
     settings = config.vae
     decoder = vae.Decoder(
         train.shape[1],
@@ -202,20 +213,37 @@ def setup(prepared: Prepared, parallel=None) -> Setup:
     pyro.set_rng_seed(config.train.seed)  # the networks are initialised from the global generator
     decoder = build_decoder(config, train)
     guide = build_guide(config, train)
-    initial = None
+    initial, seconds = None, 0.0
     if parallel is None or parallel.is_root:
-        num_samples = config.train.eval_particles
-        initial = importance_estimate(vae.model, guide, train, num_samples=num_samples, decoder=decoder)
+        begin, num_samples = clock(train), config.train.eval_particles
+        rows = eval_sample(config, train)
+        initial = importance_estimate(
+            vae.model, guide, train, num_samples=num_samples, rows=rows, decoder=decoder
+        )
+        seconds = clock(train) - begin
     batch_size = min(config.train.batch_size, stop - start)  # per process
-    return Setup(vae.model, guide, {"decoder": decoder}, batch_size, vae.LATENT, initial=initial)
+    watch = DivergenceWatch(decoder, guide, config.train.lr)
+    kwargs = dict(initial=initial, eval_seconds=seconds, watch=watch)
+    return Setup(vae.model, guide, {"decoder": decoder}, batch_size, vae.LATENT, **kwargs)
+
+
+def eval_sample(config: RunConfig, train: Tensor) -> Tensor:
+    """(M,) the indices of the first ``--eval-rows`` training rows (0: all), a fixed random
+    sample: the rows were shuffled from the seed before the split."""
+    num_data, rows = train.shape[0], config.vae.eval_rows
+    return torch.arange(num_data if rows == 0 else min(rows, num_data), device=train.device)
 
 
 def evaluate(prepared: Prepared, setup: Setup, svi: SVIResult) -> Evaluated:
-    """The importance-weighted log p(x) and ELBO on the training rows, PPCA's exact answers for
-    a linear Gaussian decoder, and the held-out metrics."""
-    config, train, heldout = prepared.config, prepared.data, prepared.heldout
+    """The importance-weighted log p(x) and ELBO on the ``--eval-rows`` sample of the training
+    rows, PPCA's exact answers for a linear Gaussian decoder (on all of them: closed forms),
+    and the held-out metrics on every held-out row; the evaluation's seconds, with the start's."""
+    config, train, heldout, begin = prepared.config, prepared.data, prepared.heldout, clock(prepared.data)
+    rows = eval_sample(config, train)
     decoder, particles = setup.model_kwargs["decoder"], config.train.eval_particles
-    trained = importance_estimate(vae.model, setup.guide, train, num_samples=particles, decoder=decoder)
+    trained = importance_estimate(
+        vae.model, setup.guide, train, num_samples=particles, rows=rows, decoder=decoder
+    )
     evaluation = Evaluation(
         float(trained.elbo.mean()),
         particles,
@@ -232,7 +260,9 @@ def evaluate(prepared: Prepared, setup: Setup, svi: SVIResult) -> Evaluated:
     if config.guide == "amortised-flow":
         extras["flow_layers"] = config.flow_layers
     extras.update(heldout_metrics(config, setup.guide, decoder, heldout, particles))
-    return Evaluated(_sizes(prepared, decoder), evaluation, Baseline(), None, extras)
+    seconds = setup.eval_seconds + clock(prepared.data) - begin
+    trailing = {"eval_rows": len(rows), "eval_seconds": seconds}
+    return Evaluated(_sizes(prepared, decoder), evaluation, Baseline(), None, extras, trailing=trailing)
 
 
 def _sizes(prepared: Prepared, decoder: vae.Decoder) -> dict:

@@ -6,6 +6,11 @@ Generative process, for each data point n = 1..N:
     z_n ~ N(0, I_p)                                  z: (N, p)
     x_n | z_n ~ N(f(z_n; lambda), sigma^2 I_d)       Gaussian likelihood, sigma^2: ()
     x_n | z_n ~ Bernoulli(sigmoid(f(z_n; lambda)))   Bernoulli likelihood, for binary x
+    x_n | z_n ~ CB(sigmoid(f(z_n; lambda)))          continuous Bernoulli, for x in [0, 1]
+
+The continuous Bernoulli (Loaiza-Ganem and Cunningham 2019, eq. 2) is the Bernoulli's form
+normalised on [0, 1], the density for grey pixels:
+p(x | lam) = C(lam) lam^x (1 - lam)^(1 - x), C(lam) = 2 atanh(1 - 2 lam) / (1 - 2 lam) (2 at 1/2).
 
 f is an MLP, or for square images transposed convolutions (:mod:`gallery.models.conv`)
 (:class:`Decoder`), registered with ``pyro.module`` as ``vae.decoder`` (the model's
@@ -31,7 +36,8 @@ from gallery.models.conv import ARCHITECTURES, conv_decoder, image_side
 from gallery.models.linear_gaussian import LinearGaussianParams
 from gallery.models.networks import ACTIVATIONS, check_activation, follow_data, mlp
 
-LIKELIHOODS = ("gaussian", "bernoulli")
+LIKELIHOODS = ("gaussian", "bernoulli", "continuous-bernoulli")
+LOGIT_LIKELIHOODS = ("bernoulli", "continuous-bernoulli")  # f is the logits
 NAME, LATENT, PREFIX = "vae", "z", "vae"  # see gallery.models.protocol
 
 
@@ -43,7 +49,8 @@ class Decoder(nn.Module):
     :param hidden: hidden layer sizes of the MLP; ``()`` is affine, f(z) = A z + b (PPCA);
         default the command line's (128,).
     :param activation: a key of ``ACTIVATIONS``.
-    :param likelihood: ``"gaussian"`` (f is the mean) or ``"bernoulli"`` (f is the logits).
+    :param likelihood: ``"gaussian"`` (f is the mean), ``"bernoulli"`` or
+        ``"continuous-bernoulli"`` (f is the logits).
     :param noise_variance: a fixed sigma^2 for the Gaussian likelihood; ``None`` learns it, as
         log sigma^2 (unconstrained), starting at ``init_noise_variance``.
     :param architecture: ``"mlp"``, or ``"conv"`` for rows that are square images: ``hidden``
@@ -69,8 +76,8 @@ class Decoder(nn.Module):
         for name, value in (("noise_variance", noise_variance), ("init_noise_variance", init_noise_variance)):
             if value is not None and not (value > 0 and value < float("inf")):
                 raise ValueError(f"{name}={value} must be a positive, finite number")
-        if likelihood == "bernoulli" and noise_variance is not None:
-            raise ValueError("noise_variance is for the Gaussian likelihood; drop it for bernoulli")
+        if likelihood != "gaussian" and noise_variance is not None:
+            raise ValueError(f"noise_variance is for the Gaussian likelihood; drop it for {likelihood}")
         if latent_dim < 1 or obs_dim < 1:
             raise ValueError(f"latent_dim={latent_dim} and obs_dim={obs_dim} must be at least 1")
         self.latent_dim, self.obs_dim, self.likelihood = latent_dim, obs_dim, likelihood
@@ -92,13 +99,13 @@ class Decoder(nn.Module):
         return len(self.net) == 1
 
     def forward(self, z: Tensor) -> Tensor:
-        """(..., p) -> (..., d): the Gaussian mean, or the Bernoulli logits."""
+        """(..., p) -> (..., d): the Gaussian mean, or the (continuous) Bernoulli logits."""
         return self.net(z)
 
     def noise_variance(self) -> Tensor:
         """sigma^2, (): learned or fixed."""
         if self.likelihood != "gaussian":
-            raise ValueError("a Bernoulli decoder has no noise variance")
+            raise ValueError(f"a {self.likelihood} decoder has no noise variance")
         if self.log_noise_variance is not None:
             return self.log_noise_variance.exp()
         return self.net[-1].weight.new_tensor(self.fixed_noise_variance)
@@ -108,7 +115,19 @@ class Decoder(nn.Module):
         out = self(z)
         if self.likelihood == "bernoulli":
             return dist.Bernoulli(logits=out).to_event(1)
+        if self.likelihood == "continuous-bernoulli":
+            return dist.ContinuousBernoulli(logits=out).to_event(1)
         return dist.Normal(out, self.noise_variance().sqrt()).to_event(1)
+
+    def mean(self, z: Tensor) -> Tensor:
+        """(..., p) -> (..., d): E[x | z], the image the decoder draws for z (for the continuous
+        Bernoulli not sigmoid f(z): its mean is lam / (2 lam - 1) + 1 / (2 atanh(1 - 2 lam)))."""
+        out = self(z)
+        if self.likelihood == "gaussian":
+            return out
+        if self.likelihood == "bernoulli":
+            return out.sigmoid()
+        return dist.ContinuousBernoulli(logits=out).mean
 
 
 def model(
@@ -160,11 +179,10 @@ def as_ppca(decoder: Decoder) -> LinearGaussianParams:
 
 @torch.no_grad()
 def sample(decoder: Decoder, num_samples: int, *, generator: torch.Generator | None = None) -> Tensor:
-    """(num_samples, d) the decoder's mean image f(z) (or pixel probabilities) for prior draws z."""
+    """(num_samples, d) the decoder's mean image E[x | z] (:meth:`Decoder.mean`) for prior draws z."""
     weight = decoder.net[-1].weight
     z = torch.randn(num_samples, decoder.latent_dim, generator=generator, dtype=weight.dtype)
-    out = decoder(z.to(weight.device))
-    return out.sigmoid() if decoder.likelihood == "bernoulli" else out
+    return decoder.mean(z.to(weight.device))
 
 
-__all__ = ["ACTIVATIONS", "LIKELIHOODS", "Decoder", "as_ppca", "model", "sample"]
+__all__ = ["ACTIVATIONS", "LIKELIHOODS", "LOGIT_LIKELIHOODS", "Decoder", "as_ppca", "model", "sample"]

@@ -165,7 +165,8 @@ def test_missing_file(tmp_path):
 def test_unsupported_name(name, tmp_path):
     """Neither a bundled name nor a supported suffix: the message lists both."""
     (tmp_path / name).write_text("1,2\n")
-    with pytest.raises(ValueError, match=r"neither a bundled data set \(iris, digits\).*\.npy, \.npz, \.csv"):
+    bundled = r"neither a bundled data set \(iris, digits, digits28\)"
+    with pytest.raises(ValueError, match=bundled + r".*\.npy, \.npz, \.csv"):
         datasets.load(str(tmp_path / name))
 
 

@@ -82,3 +82,33 @@ def test_enumerated_latents_and_bad_sizes_are_clear_errors():
     ):
         with pytest.raises(ValueError, match="must be at least 1"):
             importance_estimate(ppca.model, guides.ppca_posterior, data, latent_dim=1, **kwargs)
+
+
+def test_a_chunk_stays_under_the_byte_bound(monkeypatch):
+    """Every chunk's (samples, rows, d) tensor fits in CHUNK_BYTES (the allocator then reuses
+    its buffers), and the estimate is the same whatever the bound (same draws, in order)."""
+    import pyro
+
+    import inference.importance as importance
+
+    data = torch.rand(300, 50)
+    decoder = vae.Decoder(50, 2, hidden=(8,))
+    encoder = guides.AmortisedNormal(50, 2, hidden=(8,))
+    sizes, real = [], importance.log_weights
+
+    def recording(model, guide, data, rows, size, **kwargs):
+        sizes.append(size * len(rows) * data.shape[1] * data.element_size())
+        return real(model, guide, data, rows, size, **kwargs)
+
+    monkeypatch.setattr(importance, "log_weights", recording)
+    pyro.set_rng_seed(0)
+    wide = importance.importance_estimate(vae.model, encoder, data, num_samples=64, decoder=decoder)
+    assert sizes == [64 * 300 * 50 * 4]  # one chunk: 3.8 MB
+    monkeypatch.setattr(importance, "CHUNK_BYTES", 300 * 50 * 4 * 16)  # 16 samples of the 300 rows
+    sizes.clear()
+    pyro.set_rng_seed(0)
+    narrow = importance.importance_estimate(vae.model, encoder, data, num_samples=64, decoder=decoder)
+    assert sizes == [importance.CHUNK_BYTES] * 4
+    # the same draws, sample-major in both; only the order of the sums differs (float32)
+    torch.testing.assert_close(narrow.elbo, wide.elbo, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(narrow.log_likelihood, wide.log_likelihood, rtol=1e-5, atol=1e-4)

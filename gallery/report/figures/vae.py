@@ -60,11 +60,10 @@ def latent_means(guide, data: Tensor) -> Tensor:
 
 
 def reconstructions_png(decoder: vae.Decoder, guide, data: Tensor, image_shape, *, num: int = 16) -> bytes:
-    """Top row inputs x_n, bottom row f(E_q[z | x_n])."""
+    """Top row inputs x_n, bottom row E[x | z = E_q[z | x_n]]."""
     num = min(num, len(data))
     with torch.no_grad():
-        out = decoder(latent_means(guide, data)[:num])
-        out = out.sigmoid() if decoder.likelihood == "bernoulli" else out
+        out = decoder.mean(latent_means(guide, data)[:num])
     inputs, recon = _as_images(data[:num], image_shape), _as_images(out.clamp(0, 1), image_shape)
     fig, axes = plt.subplots(2, num, figsize=(num * 0.8, 2.0), squeeze=False)
     _grid(axes[:1], inputs)
