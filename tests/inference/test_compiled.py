@@ -35,7 +35,11 @@ from inference.em import em_linear_gaussian
 from inference.svi import collect_params, fit_svi, make_elbo
 from tests.inference.test_checkpoint import Interrupt, train
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    # torch 2.13's inductor calls its own deprecated torch.jit.script_method: not ours to fix
+    pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"),
+]
 
 NUM_STEPS = 50
 # (model, guide, batch_size, num_particles): every guide each model ships; per-datum tables and
