@@ -109,10 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
         "parameters; write DIR/metrics.json, DIR/params.pt and DIR/training_curve.png.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    defaults = SimpleNamespace(**flat(RunConfig(model="gmm")))  # the defaults that hold for every model
+    for add in (_model_arguments, _training_arguments, _data_arguments, _vae_arguments, _output_arguments):
+        add(run, defaults)
+    return parser
+
+
+def _model_arguments(run: argparse.ArgumentParser, defaults: SimpleNamespace) -> None:
+    """MODEL, the guide, the data set and the model's sizes."""
     run.add_argument(
         "model", choices=[*EM_MODELS, "vae"], metavar="MODEL", help=", ".join([*EM_MODELS, "vae"])
     )
-    defaults = SimpleNamespace(**flat(RunConfig(model="gmm")))  # the defaults that hold for every model
     run.add_argument(
         "--guide",
         default=None,
@@ -134,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="mixture covariances",
     )
     run.add_argument("--latent-dim", type=int, default=defaults.latent_dim, help="p, size of z")
+
+
+def _training_arguments(run: argparse.ArgumentParser, defaults: SimpleNamespace) -> None:
+    """SVI's and EM's settings."""
     run.add_argument("--num-steps", type=int, default=defaults.num_steps, help="SVI steps")
     run.add_argument(
         "--batch-size", type=int, default=None, help=f"minibatch size; None: {BY_MODEL_HELP['batch_size']}"
@@ -189,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="EM starts (mixtures: k-means++ and random rows, alternating; FA/PPCA: random loadings), "
         "the best by final log p(x) kept; SVI starts from the best start",
     )
+
+
+def _data_arguments(run: argparse.ArgumentParser, defaults: SimpleNamespace) -> None:
+    """What is done to the data, and where and how it is computed."""
     run.add_argument(
         "--stream",
         action="store_true",
@@ -207,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(DTYPES),
         help=f"for the data and SVI; None: {BY_MODEL_HELP['dtype']}",
     )
+
+
+def _vae_arguments(run: argparse.ArgumentParser, defaults: SimpleNamespace) -> None:
+    """The VAE's own flags, in their own group of --help."""
     vae = run.add_argument_group("the vae")
     vae.add_argument("--likelihood", default=defaults.likelihood, choices=list(LIKELIHOODS), help="p(x|z)")
     vae.add_argument(
@@ -245,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="training rows (a fixed sample) for the importance-weighted log p(x) and ELBO, at the start "
         "and after SVI; all (or 0): every row. Held-out rows are always all evaluated",
     )
+
+
+def _output_arguments(run: argparse.ArgumentParser, defaults: SimpleNamespace) -> None:
+    """The seed, the output folder, progress, checkpoints, ArviZ, compiling and processes."""
     run.add_argument(
         "--seed", type=_seed, default=defaults.seed, help="for initial parameters, networks, minibatches"
     )
@@ -279,7 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="data-parallel SVI processes on this machine, started by torchrun (--batch-size is per "
         "process); None: 1, or torchrun's WORLD_SIZE",
     )
-    return parser
 
 
 def _list() -> None:
