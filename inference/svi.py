@@ -213,16 +213,11 @@ def fit_svi(
     run = RunState.open(checkpoint, parallel)
     run.hint = divergence_hint
     batches = minibatches(rows.num_data, batch_size, rows.index_device, batch_seed, run.start_step)
-    inputs = rows.step_inputs(model, guide, model_kwargs)
     first = next(batches)
-    if elbo is None and objective != "elbo":
-        elbo = make_objective(objective, num_particles, MAX_PLATE_NESTING)
     if elbo is None:
-        first_model, first_guide, first_data, first_kwargs = inputs(first)
-        with fitting(data):  # data of another width than init, decoder or encoder: one line
-            enumerated = uses_enumeration(first_model, first_guide, first_data, **first_kwargs)
-        elbo = make_elbo(enumerated, num_particles)
-
+        elbo = _objective(
+            objective, num_particles, partial(rows.step_inputs(model, guide, model_kwargs), first), data
+        )
     fed_inputs = rows.fed_inputs(model, guide, model_kwargs)
 
     def loss_of(fed: Tensor | None) -> Tensor:  # the loss of the tensor one step reads
@@ -240,10 +235,7 @@ def fit_svi(
         parallel.broadcast_parameters(params, modules)
         grad_hook = parallel.gradient_hook(then=grad_hook)
     optimizer, schedule = make_optimizer(params, lr=lr, num_steps=num_steps, final_lr_ratio=final_lr_ratio)
-    try:
-        losses = torch.empty(num_steps, dtype=rows.dtype, device=rows.device)
-    except (RuntimeError, MemoryError):  # torch's allocator: "can't allocate memory"
-        raise ValueError(f"num_steps={num_steps}: no memory for the loss history; use fewer steps") from None
+    losses = _loss_history(num_steps, rows)
     state = dict(
         params=named_params, modules=modules, optimizer=optimizer, scheduler=schedule, device=rows.device
     )
@@ -259,6 +251,26 @@ def fit_svi(
     seconds = clock(data) - start
     estimator, how = getattr(elbo, "estimator", type(elbo).__name__), ("off", 0.0)
     return SVIResult(losses.cpu(), num_steps, seconds, estimator, *(compiled.outcome() if compiled else how))
+
+
+def _objective(objective: str, num_particles: int, first_inputs: Callable[[], tuple], data) -> ELBO | IWAE:
+    """The estimator of ``objective``: for the ELBO, ``TraceEnum_ELBO`` where the first step's
+    model or guide enumerates a site, else ``Trace_ELBO`` (:func:`make_elbo`); for ``"iwae"``
+    and ``"iwae-dreg"`` :func:`~inference.iwae.make_objective`."""
+    if objective != "elbo":
+        return make_objective(objective, num_particles, MAX_PLATE_NESTING)
+    first_model, first_guide, first_data, first_kwargs = first_inputs()
+    with fitting(data):  # data of another width than init, decoder or encoder: one line
+        enumerated = uses_enumeration(first_model, first_guide, first_data, **first_kwargs)
+    return make_elbo(enumerated, num_particles)
+
+
+def _loss_history(num_steps: int, rows: MemoryRows | DiskRows) -> Tensor:
+    """(num_steps,) on the data's device, for the losses the loop writes without a host sync."""
+    try:
+        return torch.empty(num_steps, dtype=rows.dtype, device=rows.device)
+    except (RuntimeError, MemoryError):  # torch's allocator: "can't allocate memory"
+        raise ValueError(f"num_steps={num_steps}: no memory for the loss history; use fewer steps") from None
 
 
 def _train(
