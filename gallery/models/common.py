@@ -5,10 +5,37 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from dataclasses import fields, replace
+from typing import Self
 
 import pyro
 import torch
 from torch import Tensor
+
+
+class TensorFields:
+    """For a model's frozen dataclass of parameter tensors (a field may be ``None``): move, cast and
+    (de)serialise all of them together."""
+
+    def to(self, *args, **kwargs) -> Self:
+        """Move every tensor, as ``Tensor.to``."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return replace(self, **{k: None if t is None else t.to(*args, **kwargs) for k, t in moved.items()})
+
+    def float(self) -> Self:
+        return self.to(torch.float32)
+
+    def double(self) -> Self:
+        return self.to(torch.float64)
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """The tensors by field name, in field order; fields that are ``None`` are left out."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_dict(cls, tensors: dict[str, Tensor]) -> Self:
+        """The parameters :meth:`as_dict` gave."""
+        return cls(**tensors)
 
 
 def resolve_sizes(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
@@ -33,6 +33,7 @@ from torch.distributions import constraints
 from gallery.data.checks import check_data
 from gallery.data.mapped import MappedRows, Moments, moments
 from gallery.models.common import (
+    TensorFields,
     check_init,
     claim,
     data_plate,
@@ -46,7 +47,7 @@ from gallery.models.protocol import EMSteps
 
 
 @dataclass(frozen=True)
-class LinearGaussianParams:
+class LinearGaussianParams(TensorFields):
     """Parameters of factor analysis (``noise_variance``: (d,)) or PPCA (``noise_variance``: ())."""
 
     loc: Tensor  # (d,)
@@ -69,29 +70,6 @@ class LinearGaussianParams:
     def covariance(self) -> Tensor:
         """(d, d) marginal covariance loading @ loading.T + diag(psi)."""
         return self.loading @ self.loading.T + torch.diag(self.psi)
-
-    def to(self, *args, **kwargs) -> LinearGaussianParams:
-        return replace(
-            self,
-            loc=self.loc.to(*args, **kwargs),
-            loading=self.loading.to(*args, **kwargs),
-            noise_variance=self.noise_variance.to(*args, **kwargs),
-        )
-
-    def float(self) -> LinearGaussianParams:
-        return self.to(torch.float32)
-
-    def double(self) -> LinearGaussianParams:
-        return self.to(torch.float64)
-
-    def as_dict(self) -> dict[str, Tensor]:
-        """The tensors by field name: ``loc``, ``loading``, ``noise_variance``."""
-        return {"loc": self.loc, "loading": self.loading, "noise_variance": self.noise_variance}
-
-    @classmethod
-    def from_dict(cls, tensors: dict[str, Tensor]) -> LinearGaussianParams:
-        """The parameters :meth:`as_dict` gave."""
-        return cls(**tensors)
 
 
 def check_latent_dim(latent_dim: int, obs_dim: int) -> None:

@@ -31,7 +31,16 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from gallery.data.checks import check_data
-from gallery.models.common import check_init, claim, data_plate, fresh, release, resolve_device, resolve_sizes
+from gallery.models.common import (
+    TensorFields,
+    check_init,
+    claim,
+    data_plate,
+    fresh,
+    release,
+    resolve_device,
+    resolve_sizes,
+)
 
 COVARIANCE_TYPES = ("full", "diag")
 PREFIX = "gmm"  # the default name= of the sites: gmm.weights, gmm.loc, ...
@@ -39,7 +48,7 @@ REG_COVAR = 1e-6  # the covariance floor, as EM's (and scikit-learn's) reg_covar
 
 
 @dataclass(frozen=True)
-class GMMParams:
+class GMMParams(TensorFields):
     """Mixture parameters; exactly one of ``scale_tril`` (full) or ``scale`` (diag) is set."""
 
     weights: Tensor  # (K,)
@@ -64,33 +73,6 @@ class GMMParams:
         if self.scale_tril is not None:
             return self.scale_tril @ self.scale_tril.transpose(-1, -2)
         return torch.diag_embed(self.scale**2)
-
-    def to(self, *args, **kwargs) -> GMMParams:
-        """Move every tensor, as ``Tensor.to``."""
-        move = lambda t: None if t is None else t.to(*args, **kwargs)  # noqa: E731
-        return replace(
-            self,
-            weights=move(self.weights),
-            loc=move(self.loc),
-            scale_tril=move(self.scale_tril),
-            scale=move(self.scale),
-        )
-
-    def float(self) -> GMMParams:
-        return self.to(torch.float32)
-
-    def double(self) -> GMMParams:
-        return self.to(torch.float64)
-
-    def as_dict(self) -> dict[str, Tensor]:
-        """The tensors by field name (``scale_tril`` or ``scale``, whichever is set)."""
-        names = ("weights", "loc", "scale_tril", "scale")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
-
-    @classmethod
-    def from_dict(cls, tensors: dict[str, Tensor]) -> GMMParams:
-        """The parameters :meth:`as_dict` gave."""
-        return cls(**tensors)
 
 
 def init_params(

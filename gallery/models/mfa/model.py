@@ -34,14 +34,23 @@ from torch import Tensor
 from torch.distributions import constraints
 
 from gallery.data.checks import check_data
-from gallery.models.common import check_init, claim, data_plate, fresh, release, resolve_device, resolve_sizes
+from gallery.models.common import (
+    TensorFields,
+    check_init,
+    claim,
+    data_plate,
+    fresh,
+    release,
+    resolve_device,
+    resolve_sizes,
+)
 from gallery.models.gmm.model import _kmeans
 
 CHUNK_BYTES = 2**22  # per (rows, K * max(D, p)) intermediate of the E-step: about the CPU cache
 
 
 @dataclass(frozen=True)
-class MFAParams:
+class MFAParams(TensorFields):
     """Mixture of factor analysers (``noise_variance``: (K, D)) or of PPCA (``noise_variance``: (K,))."""
 
     weights: Tensor  # (K,)
@@ -69,31 +78,6 @@ class MFAParams:
     def covariance(self) -> Tensor:
         """(K, D, D) marginal covariances W_k W_k^T + Psi_k (for tests and small D only)."""
         return self.loading @ self.loading.transpose(-1, -2) + torch.diag_embed(self.psi)
-
-    def to(self, *args, **kwargs) -> MFAParams:
-        move = lambda t: t.to(*args, **kwargs)  # noqa: E731
-        return replace(
-            self,
-            weights=move(self.weights),
-            loc=move(self.loc),
-            loading=move(self.loading),
-            noise_variance=move(self.noise_variance),
-        )
-
-    def float(self) -> MFAParams:
-        return self.to(torch.float32)
-
-    def double(self) -> MFAParams:
-        return self.to(torch.float64)
-
-    def as_dict(self) -> dict[str, Tensor]:
-        """The four tensors by field name."""
-        return {name: getattr(self, name) for name in ("weights", "loc", "loading", "noise_variance")}
-
-    @classmethod
-    def from_dict(cls, tensors: dict[str, Tensor]) -> MFAParams:
-        """The parameters :meth:`as_dict` gave."""
-        return cls(**tensors)
 
 
 def owns(params: object, isotropic: bool) -> bool:
