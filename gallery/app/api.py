@@ -27,11 +27,11 @@ from pyro import poutine
 from torch import Tensor
 
 import guides
-from gallery.app import pipeline
-from gallery.app.config import flat, make_config
+from gallery.app import pipeline, vae_job
+from gallery.app.config import RunConfig, flat, make_config, with_settings
 from gallery.app.stages import elbo_trace
 from gallery.data import Dataset, check_data
-from gallery.models import MODELS, vae
+from gallery.models import MODELS
 from inference.em import EMResult
 from inference.importance import importance_estimate
 
@@ -214,12 +214,14 @@ class Fitted:
         model, settings, sizes = payload["model"], payload["settings"], dict(payload["sizes"])
         guide, em = None, None
         if model == "vae":
-            decoder = _decoder(settings, payload["metrics"]["obs_dim"])
+            saved_guide = payload.get("guide")
+            decoder, guide = _networks(
+                settings, payload["metrics"]["obs_dim"], None if saved_guide is None else saved_guide["name"]
+            )
             decoder.load_state_dict(payload["decoder"])
             sizes["decoder"] = params = decoder
-            if "guide" in payload:
-                guide = _encoder(settings, payload["metrics"]["obs_dim"], payload["guide"]["name"])
-                guide.load_state_dict(payload["guide"]["state"])
+            if guide is not None:
+                guide.load_state_dict(saved_guide["state"])
         else:
             params_class = MODELS[model].Params
             params = params_class.from_dict(payload["params"])
@@ -275,41 +277,16 @@ def _plain(settings: dict) -> dict:
     return {key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}
 
 
-def _decoder(settings: dict, obs_dim: int) -> vae.Decoder:
-    decoder = vae.Decoder(
-        obs_dim,
-        settings["latent_dim"],
-        hidden=tuple(settings["hidden"]),
-        activation=settings["activation"],
-        likelihood=settings["likelihood"],
-        noise_variance=settings["noise_variance"],
-        architecture=settings.get("architecture", "mlp"),
+def _networks(settings: dict, obs_dim: int, guide_name: str | None):
+    """The VAE's decoder and (with ``guide_name``) encoder as the run built them, in the fit's
+    dtype and on its device, for their saved state dicts (:mod:`gallery.app.vae_job`)."""
+    config = with_settings(RunConfig(model="vae"), **settings)
+    where = dict(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
+    decoder = vae_job.make_decoder(config, obs_dim).to(**where)
+    encoder = (
+        None if guide_name is None else vae_job.make_encoder(config, obs_dim, name=guide_name).to(**where)
     )
-    return decoder.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
-
-
-def _encoder(settings: dict, obs_dim: int, name: str) -> guides.AmortisedNormal | guides.AmortisedFlow:
-    if settings["guide"] == "amortised-flow":
-        flow = guides.AmortisedFlow(
-            obs_dim,
-            settings["latent_dim"],
-            hidden=tuple(settings["hidden"]),
-            flow_layers=settings["flow_layers"],
-            activation=settings["activation"],
-            name=name,
-            architecture=settings.get("architecture", "mlp"),
-        )
-        return flow.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
-    encoder = guides.AmortisedNormal(
-        obs_dim,
-        settings["latent_dim"],
-        hidden=tuple(settings["hidden"]),
-        covariance="full" if settings["guide"] == "amortised-full" else "diag",
-        activation=settings["activation"],
-        name=name,
-        architecture=settings.get("architecture", "mlp"),
-    )
-    return encoder.to(dtype=getattr(torch, settings["dtype"]), device=settings["device"])
+    return decoder, encoder
 
 
 __all__ = ["Fitted", "fit"]

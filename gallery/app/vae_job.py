@@ -152,27 +152,54 @@ def _load(config: RunConfig, dataset: datasets.Dataset | None = None):
     return data, dataset.labels, dataset.image_shape, steps
 
 
-def build_decoder(config: RunConfig, train: Tensor) -> vae.Decoder:
-    """The decoder, its output bias at the data mean (Gaussian) or its logit (the Bernoullis)."""
+def make_decoder(config: RunConfig, obs_dim: int, **init) -> vae.Decoder:
+    """The decoder of ``config``, as torch builds it (float32, CPU); ``init``: e.g.
+    ``init_noise_variance``. :func:`build_decoder` for a run, ``Fitted.load`` to rebuild one."""
     settings = config.vae
-    decoder = vae.Decoder(
-        train.shape[1],
+    return vae.Decoder(
+        obs_dim,
         config.latent_dim,
-        hidden=config.hidden,
+        hidden=tuple(config.hidden),
         activation=settings.activation,
         likelihood=settings.likelihood,
         noise_variance=settings.noise_variance,
-        init_noise_variance=float(train.var(0, correction=0).mean().clamp_min(1e-6)),
         architecture=settings.architecture,
-    ).to(device=train.device, dtype=train.dtype)
+        **init,
+    )
+
+
+def build_decoder(config: RunConfig, train: Tensor) -> vae.Decoder:
+    """The decoder, its output bias at the data mean (Gaussian) or its logit (the Bernoullis)."""
+    init_noise_variance = float(train.var(0, correction=0).mean().clamp_min(1e-6))
+    decoder = make_decoder(config, train.shape[1], init_noise_variance=init_noise_variance)
+    decoder = decoder.to(device=train.device, dtype=train.dtype)
     mean = train.mean(0)
     with torch.no_grad():
-        bias = mean if settings.likelihood == "gaussian" else torch.logit(mean.clamp(1e-3, 1 - 1e-3))
+        likelihood = config.vae.likelihood
+        bias = mean if likelihood == "gaussian" else torch.logit(mean.clamp(1e-3, 1 - 1e-3))
         decoder.net[-1].bias.copy_(bias)
     return decoder
 
 
 GUIDE_NAME = "vae.guide"
+
+
+def make_encoder(
+    config: RunConfig, obs_dim: int, *, name: str = GUIDE_NAME, **scaling
+) -> guides.AmortisedNormal | guides.AmortisedFlow:
+    """The amortised encoder of ``config.guide`` (diagonal, full or flow), as torch builds it;
+    ``scaling``: ``input_loc``, ``input_scale`` (:func:`guides.input_scaling`)."""
+    common = dict(
+        hidden=tuple(config.hidden),
+        activation=config.vae.activation,
+        name=name,
+        architecture=config.vae.architecture,
+        **scaling,
+    )
+    if config.guide == "amortised-flow":
+        return guides.AmortisedFlow(obs_dim, config.latent_dim, flow_layers=config.flow_layers, **common)
+    covariance = "full" if config.guide == "amortised-full" else "diag"
+    return guides.AmortisedNormal(obs_dim, config.latent_dim, covariance=covariance, **common)
 
 
 def build_guide(config: RunConfig, train: Tensor):
@@ -181,28 +208,7 @@ def build_guide(config: RunConfig, train: Tensor):
     so that a checkpoint, which stores parameters by site name, resumes in this process or another."""
     if config.guide == "mean-field":
         return guides.MeanFieldNormal(train.shape[0], config.latent_dim, name=GUIDE_NAME)
-    if config.guide == "amortised-flow":
-        flow = guides.AmortisedFlow(
-            train.shape[1],
-            config.latent_dim,
-            hidden=config.hidden,
-            flow_layers=config.flow_layers,
-            activation=config.vae.activation,
-            name=GUIDE_NAME,
-            architecture=config.vae.architecture,
-            **guides.input_scaling(train),
-        )
-        return flow.to(device=train.device, dtype=train.dtype)
-    encoder = guides.AmortisedNormal(
-        train.shape[1],
-        config.latent_dim,
-        hidden=config.hidden,
-        covariance="full" if config.guide == "amortised-full" else "diag",
-        activation=config.vae.activation,
-        name=GUIDE_NAME,
-        architecture=config.vae.architecture,
-        **guides.input_scaling(train),
-    )
+    encoder = make_encoder(config, train.shape[1], **guides.input_scaling(train))
     return encoder.to(device=train.device, dtype=train.dtype)
 
 
