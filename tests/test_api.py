@@ -12,13 +12,13 @@ import torch
 import gallery
 from gallery.app import cli
 from gallery.app.vae_job import VAE_GUIDES
-from guides.registry import MIXTURE_GUIDES
+from guides.registry import GUIDES, MIXTURE_GUIDES
 
 COMBOS = [
     (model, guide)
     for model in ("gmm", "factor-analysis", "ppca")
-    for guide in ("exact", "mean-field", "amortised", "amortised-full", "auto-normal")
-    if not (model == "gmm" and guide == "amortised-full")
+    for guide in GUIDES
+    if not (model == "gmm" and guide in ("amortised-full", "amortised-flow"))  # continuous z only
 ]
 COMBOS += [(model, guide) for model in ("mfa", "mppca") for guide in MIXTURE_GUIDES]
 COMBOS += [("vae", guide) for guide in VAE_GUIDES]  # on iris too: the comparison, not the fit, is the point

@@ -198,8 +198,15 @@ def test_full_covariance_normal_is_the_multivariate_normal():
             AmortisedMixture(4, 3, 2, hidden=(8,)),
             {"num_components": 3, "latent_dim": 2},
         ),
+        lambda data: (ppca.model, guides.AmortisedFlow(4, 2, hidden=(8,)), {"latent_dim": 2}),
     ],
-    ids=["amortised-normal", "amortised-categorical", "vae-decoder-and-encoder", "amortised-mixture"],
+    ids=[
+        "amortised-normal",
+        "amortised-categorical",
+        "vae-decoder-and-encoder",
+        "amortised-mixture",
+        "amortised-flow",
+    ],
 )
 def test_networks_follow_float64_data_under_stock_svi(build):
     """Built as torch builds them (float32), trained by Pyro's own SVI on float64 data: no .double()."""
