@@ -37,7 +37,8 @@ COLUMNS = (
 def run(guide: str, objective: str, particles: int, args) -> dict:
     settings = dict(
         guide=guide, objective=objective, num_particles=particles, num_steps=args.num_steps,
-        eval_particles=args.eval_particles, gap_steps=args.gap_steps, seed=args.seed, progress=False,
+        eval_particles=args.eval_particles, gap_rows=args.gap_rows, gap_steps=args.gap_steps,
+        seed=args.seed, progress=False,
     )  # fmt: skip
     m = pipeline.fit(pipeline.prepare(make_config("vae", **settings))).metrics
     return {
@@ -119,6 +120,7 @@ def parse(argv=None):
     )
     parser.add_argument("--num-steps", type=int, default=2000)
     parser.add_argument("--eval-particles", type=int, default=1000)
+    parser.add_argument("--gap-rows", type=int, default=200, help="held-out rows for the gaps")
     parser.add_argument("--gap-steps", type=int, default=1000, help="SVI steps of the best per-datum q")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

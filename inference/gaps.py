@@ -27,6 +27,7 @@ from guides.mean_field import MeanFieldNormal
 from inference.importance import ImportanceEstimate, importance_estimate
 from inference.svi import fit_svi
 
+GAP_PARTICLES = 8  # ELBO samples per step of the best local q's SVI
 LOCAL_NAME = "best_local_q"  # param-store prefix of q* (claimed by each new q*), dropped afterwards
 
 
@@ -84,7 +85,7 @@ def best_local_estimate(
     encoder: AmortisedNormal | AmortisedFlow | None = None,
     num_steps: int = 1000,
     lr: float = 0.05,
-    num_particles: int = 8,
+    num_particles: int = GAP_PARTICLES,
     num_samples: int = 1000,
     seed: int = 0,
     progress: bool = True,
@@ -121,7 +122,7 @@ def inference_gaps(
     *,
     num_steps: int = 1000,
     lr: float = 0.05,
-    num_particles: int = 8,
+    num_particles: int = GAP_PARTICLES,
     num_samples: int = 1000,
     seed: int = 0,
     progress: bool = True,
@@ -157,4 +158,4 @@ def inference_gaps(
     )
 
 
-__all__ = ["InferenceGaps", "best_local_estimate", "best_local_guide", "inference_gaps"]
+__all__ = ["GAP_PARTICLES", "InferenceGaps", "best_local_estimate", "best_local_guide", "inference_gaps"]

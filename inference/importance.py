@@ -29,6 +29,8 @@ from torch import Tensor
 from gallery.data.checks import check_data, fitting
 
 CHUNK_BYTES = 8 << 20  # the largest tensor of one chunk: under glibc's 32 MiB mapping threshold
+MAX_ROWS = 512  # rows per batch at most
+SAMPLES_PER_CHUNK = 32  # the fewest samples (or all K) that a default batch of rows leaves room for
 
 
 @dataclass(frozen=True)
@@ -73,27 +75,34 @@ def importance_estimate(
     *,
     num_samples: int,
     chunk_size: int = 100,
-    batch_size: int = 512,
+    batch_size: int | None = None,
     rows: Tensor | None = None,
     **kwargs,
 ) -> ImportanceEstimate:
     """Importance-weighted log p(x_n) and ELBO_n for every row of ``data`` (N, d), drawing the K
     = ``num_samples`` samples at most ``chunk_size`` at a time (fewer where a (samples, rows, d)
     tensor would pass ``CHUNK_BYTES``) for ``batch_size`` rows at a time, and combining chunks
-    by a running logsumexp kept in buffers allocated once. ``rows``: (M,) indices of the rows
-    to estimate (default all), passed as ``subsample=`` so that a guide with a q per row reads
-    its own; the estimates are then (M,)."""
+    by a running logsumexp kept in buffers allocated once. ``batch_size`` defaults to the most
+    rows, up to :data:`MAX_ROWS`, for which one chunk holds :data:`SAMPLES_PER_CHUNK` samples
+    (or all K): the guide (an encoder) runs once per chunk, and wide rows (784 pixels) would
+    otherwise leave a chunk of 512 rows room for 5 samples.
+    ``rows``: (M,) indices of the rows to estimate (default all), passed as ``subsample=`` so
+    that a guide with a q per row reads its own; the estimates are then (M,)."""
     check_data(data)
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} must be at least 1")
-    if chunk_size < 1 or batch_size < 1:
+    if chunk_size < 1 or (batch_size is not None and batch_size < 1):
         raise ValueError(f"chunk_size={chunk_size} and batch_size={batch_size} must be at least 1")
     num_data, obs_dim = data.shape
     if rows is None:
         rows = torch.arange(num_data, device=data.device)
     num_data = len(rows)
+    row_bytes = max(obs_dim, 1) * data.element_size()
+    if batch_size is None:
+        samples = min(num_samples, chunk_size, SAMPLES_PER_CHUNK)
+        batch_size = min(MAX_ROWS, CHUNK_BYTES // (samples * row_bytes))
     batch_size = max(1, min(batch_size, num_data))
-    per_sample = batch_size * max(obs_dim, 1) * data.element_size()
+    per_sample = batch_size * row_bytes
     chunk_size = max(1, min(chunk_size, CHUNK_BYTES // per_sample))
     log_likelihood = data.new_empty(num_data)
     elbo = data.new_empty(num_data)

@@ -24,19 +24,27 @@ def _run(*argv: str) -> str:
 
 def test_vae_defaults_compares_the_run_with_the_plain_loop():
     argv = ["bench/vae_defaults.py", "--num-steps", "3", "--eval-particles", "2", "--gap-rows", "0"]
-    result = json.loads(_run(*argv, "--eval-rows", "10", "--threads", "1"))
+    result = json.loads(_run(*argv, "--eval-rows", "10", "--threads", "1", "--rescore-particles", "3"))
     ours, plain = result["ours"], result["plain_loop"]
     assert ours["eval_rows"] == 10 and 0 < ours["eval_seconds_fraction"] < 1
     for side in (ours, plain):
         assert math.isfinite(side["heldout_log_likelihood_per_datum"]) and side["svi_seconds"] > 0
     gap = plain["heldout_log_likelihood_per_datum"] - ours["heldout_log_likelihood_per_datum"]
     assert result["gap_heldout_log_likelihood"] == gap
+    assert all(math.isfinite(side["rescored_heldout_log_likelihood_per_datum"]) for side in (ours, plain))
 
 
 def test_importance_chunks_reports_kernel_time_by_chunk_size():
     result = json.loads(_run("bench/importance_chunks.py", "--rows", "16", "--samples", "4"))
     assert set(result["by_chunk_bytes"]) == {str(1 << 30), str(8 << 20)}
     assert all(r["user_s"] >= 0 and r["sys_s"] >= 0 for r in result["by_chunk_bytes"].values())
+
+
+def test_importance_rows_times_both_batchings_of_the_same_draws():
+    result = json.loads(_run("bench/importance_rows.py", "--rows", "20", "--samples", "3", "--repeats", "1"))
+    row = result["by_samples"]["3"]
+    assert row["ratio_default_over_512"] == row["default_s"] / row["rows_512_s"]
+    assert row["default_gflops"] > 0 and row["rows_512_gflops"] > 0
 
 
 def test_vae_gap_table_writes_the_table_and_the_figure(tmp_path):

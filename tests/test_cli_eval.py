@@ -12,7 +12,8 @@ import torch
 from tests.test_cli import run_main
 
 TINY = ["--num-steps", "20", "--eval-particles", "3", "--gap-rows", "0", "--hidden", "8", "--no-progress"]
-TRAILING = ["eval_rows", "eval_seconds", "eval_seconds_fraction"]  # last, after "seconds" and "threads"
+# last, after "seconds" and "threads"
+TRAILING = ["eval_rows", "eval_budget", "eval_seconds", "eval_seconds_fraction"]
 
 
 def _metrics(out) -> dict:
@@ -26,7 +27,7 @@ def test_the_training_rows_evaluated_are_bounded_and_widened_by_the_flag(tmp_pat
     assert run_main(argv) == 0
     m = _metrics(out)
     assert m["eval_rows"] == expected and m["num_data"] == 1617 and m["num_heldout"] == 180
-    assert list(m)[-3:] == TRAILING and list(m).index("seconds") < list(m).index("eval_rows")
+    assert list(m)[-4:] == TRAILING and list(m).index("seconds") < list(m).index("eval_rows")
     assert 0 < m["eval_seconds"] <= m["seconds"]
     assert m["eval_seconds_fraction"] == m["eval_seconds"] / m["seconds"]
 

@@ -252,7 +252,15 @@ def _vae_arguments(run: argparse.ArgumentParser, defaults: SimpleNamespace) -> N
         "--gap-rows",
         type=int,
         default=defaults.gap_rows,
-        help="held-out rows for the inference gaps; 0: none",
+        help="held-out rows for the inference gaps; 0: none; None: as many as --eval-budget leaves "
+        "after the importance-weighted estimates, at most 200",
+    )
+    vae.add_argument(
+        "--eval-budget",
+        type=float,
+        default=defaults.eval_budget,
+        help="the evaluation's cost, at most this times SVI's (the networks' arithmetic, "
+        "gallery/app/eval_plan.py), when --eval-particles or --gap-rows is not given",
     )
     vae.add_argument(
         "--gap-steps", type=int, default=defaults.gap_steps, help="SVI steps for the best local q"

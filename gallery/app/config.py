@@ -38,7 +38,7 @@ class TrainConfig:
     batch_size: int | None = None  # None: every row every step; vae: 128 (per process)
     lr: float = 0.05  # Adam's initial rate, decayed 10x; amortised guides: NETWORK_LR, the vae's VAE_LR
     num_particles: int = 1  # ELBO samples per step
-    eval_particles: int = 100  # samples of the final ELBO; vae: 1000, for log p(x) too
+    eval_particles: int | None = 100  # samples of the final ELBO; vae: None, from --eval-budget
     device: str = "cpu"
     dtype: str = "float64"  # of the data and SVI; vae: float32
     seed: int = 0  # initial parameters, networks, minibatches
@@ -72,7 +72,8 @@ class VAEConfig:
     activation: str = "relu"
     noise_variance: float | None = None  # a fixed sigma^2; None: learned
     heldout_fraction: float = 0.1
-    gap_rows: int = 200  # held-out rows for the inference gaps
+    gap_rows: int | None = None  # held-out rows for the inference gaps; None: from eval_budget
+    eval_budget: float = 0.15  # the evaluation's cost over SVI's when K or gap_rows is None (eval_plan)
     gap_steps: int = 1000  # SVI steps for the best local q
     eval_rows: int = 1000  # training rows (a fixed sample) for the importance-weighted estimates; 0: all
 
@@ -118,7 +119,7 @@ def by_model(model: str, guide: str | None = None, decoder: str = "mlp") -> dict
         "data": "digits" if vae else "iris",
         "lr": (VAE_LR if vae else NETWORK_LR) if guide.startswith("amortised") else TrainConfig.lr,
         "dtype": "float32" if vae else TrainConfig.dtype,
-        "eval_particles": 1000 if vae else TrainConfig.eval_particles,
+        "eval_particles": None if vae else TrainConfig.eval_particles,
         "hidden": (() if decoder == "linear" else VAE_HIDDEN) if vae else (),
         "batch_size": 128 if vae else None,
     }
@@ -130,7 +131,7 @@ BY_MODEL_HELP = {
     "lr": f"{TrainConfig.lr}, or {NETWORK_LR} for amortised guides, {VAE_LR} for the vae's ({CONV_LR} with "
     "--architecture conv)",
     "dtype": "float64, vae float32",
-    "eval_particles": "100, vae 1000",
+    "eval_particles": "100; the vae's from --eval-budget, 10 to 1000",
     "hidden": f"(), or {','.join(map(str, VAE_HIDDEN))} for the vae",
     "batch_size": "all the data every step, or 128 for the vae",
 }

@@ -124,6 +124,7 @@ CHECKPOINT_FREE = {  # settings a resumed run may change
     "gap_rows",
     "gap_steps",
     "eval_rows",
+    "eval_budget",
     "arviz",
     "arviz_draws",
     "num_processes",

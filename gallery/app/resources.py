@@ -80,7 +80,8 @@ def check_resources(
 ) -> None:
     """Refuse a run whose :func:`estimate` exceeds the memory available, or whose evaluation
     would take more than ``MAX_EVAL_TERMS`` terms; the message names the flag to change."""
-    eval_terms = config.train.eval_particles * num_data * (obs_dim + config.latent_dim)
+    particles = config.train.eval_particles or 0  # None: the vae's, settled within --eval-budget
+    eval_terms = particles * num_data * (obs_dim + config.latent_dim)
     if eval_terms > MAX_EVAL_TERMS:
         raise ValueError(
             f"--eval-particles {config.train.eval_particles} asks for {eval_terms:.2g} (particle, row, "

@@ -18,7 +18,8 @@ from torch import Tensor
 
 import guides
 from gallery.app.checks import check_processes, check_settings
-from gallery.app.config import RunConfig
+from gallery.app.config import RunConfig, with_settings
+from gallery.app.eval_plan import network_cost, plan_evaluation
 from gallery.app.metrics import Baseline, Evaluation
 from gallery.app.resources import check_resources
 from gallery.app.stages import Evaluated, Prepared, RunResult, Setup, elbo_trace
@@ -67,9 +68,10 @@ def prepare(config: RunConfig, dataset: datasets.Dataset | None = None) -> Prepa
     train_rows, heldout_rows = perm[num_heldout:], perm[:num_heldout]
     if not 1 <= config.train.batch_size:
         raise ValueError(f"--batch-size must be at least 1, got {config.train.batch_size}")
-    check_resources(config, num_data, obs_dim, batch_size=config.train.batch_size, device=device)
     per_datum = keeps_q_per_datum(config.guide, latent=vae.LATENT)
     check_processes(config, num_data - num_heldout, per_datum, batch_size=None)  # clipped to the shard
+    config = settle_evaluation(config, obs_dim, num_data - num_heldout, num_heldout)
+    check_resources(config, num_data, obs_dim, batch_size=config.train.batch_size, device=device)
     to = dict(device=device, dtype=config.torch_dtype)
     return Prepared(
         config,
@@ -82,14 +84,35 @@ def prepare(config: RunConfig, dataset: datasets.Dataset | None = None) -> Prepa
     )
 
 
+def settle_evaluation(config: RunConfig, obs_dim: int, num_train: int, num_heldout: int) -> RunConfig:
+    """``config`` with ``--eval-particles`` and ``--gap-rows`` settled from ``--eval-budget``
+    where they were not given (:func:`gallery.app.eval_plan.plan_evaluation`), counted on the
+    networks as torch builds them (the RNG is left as it was)."""
+    if config.train.eval_particles is not None and config.vae.gap_rows is not None:
+        return config
+    with torch.random.fork_rng(devices=[]):
+        decoder = make_decoder(config, obs_dim, init_noise_variance=1.0)
+        encoder = None if config.guide == "mean-field" else make_encoder(config, obs_dim)
+    cost = network_cost(decoder, encoder, obs_dim)
+    batch_size = min(config.train.batch_size, -(-num_train // config.train.num_processes))
+    plan = plan_evaluation(config, cost, num_train=num_train, num_heldout=num_heldout, batch_size=batch_size)
+    return with_settings(config, eval_particles=plan.particles, gap_rows=plan.gap_rows)
+
+
 def _check_vae_settings(config: RunConfig) -> None:
     settings = config.vae
-    if config.train.eval_particles < 1:
-        raise ValueError(f"--eval-particles must be at least 1, got {config.train.eval_particles}")
+    particles = config.train.eval_particles
+    if particles is not None and particles < 1:
+        raise ValueError(f"--eval-particles must be at least 1, got {particles}")
     if settings.eval_rows < 0:
         raise ValueError(f"--eval-rows must be a number of rows or all, got {settings.eval_rows}")
-    if settings.gap_rows < 0:
+    if settings.gap_rows is not None and settings.gap_rows < 0:
         raise ValueError(f"--gap-rows must be at least 0, got {settings.gap_rows}")
+    if not (math.isfinite(settings.eval_budget) and settings.eval_budget > 0):
+        raise ValueError(
+            f"--eval-budget must be a positive number (the evaluation's cost over SVI's), got "
+            f"{settings.eval_budget}"
+        )
     if not 0 <= settings.heldout_fraction < 1:
         raise ValueError(f"--heldout-fraction must be in [0, 1), got {settings.heldout_fraction}")
     noise = settings.noise_variance
@@ -267,7 +290,7 @@ def evaluate(prepared: Prepared, setup: Setup, svi: SVIResult) -> Evaluated:
         extras["flow_layers"] = config.flow_layers
     extras.update(heldout_metrics(config, setup.guide, decoder, heldout, particles))
     seconds = setup.eval_seconds + clock(prepared.data) - begin
-    trailing = {"eval_rows": len(rows), "eval_seconds": seconds}
+    trailing = {"eval_rows": len(rows), "eval_budget": config.vae.eval_budget, "eval_seconds": seconds}
     return Evaluated(_sizes(prepared, decoder), evaluation, Baseline(), None, extras, trailing=trailing)
 
 
@@ -385,6 +408,11 @@ def summary(metrics: dict) -> str:
         f"{metrics['svi_seconds']:.1f} s, K={metrics['eval_particles']}, nats per datum",
     ]
     lines += [f"{a:40s} {b:12s} {fmt(c)}" for a, b, c in rows if c is not None]
+    if metrics["gap_rows"] is None and metrics["guide"] != "mean-field" and metrics["num_heldout"]:
+        lines.append(
+            "inference gaps: not computed (--gap-rows 0, or no row fits in --eval-budget); --gap-rows 200 "
+            "computes them"
+        )
     return "\n".join(lines)
 
 

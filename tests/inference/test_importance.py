@@ -102,13 +102,40 @@ def test_a_chunk_stays_under_the_byte_bound(monkeypatch):
 
     monkeypatch.setattr(importance, "log_weights", recording)
     pyro.set_rng_seed(0)
-    wide = importance.importance_estimate(vae.model, encoder, data, num_samples=64, decoder=decoder)
+    rows = dict(batch_size=512)  # every row in one batch: the chunks are cut in samples alone
+    wide = importance.importance_estimate(vae.model, encoder, data, num_samples=64, decoder=decoder, **rows)
     assert sizes == [64 * 300 * 50 * 4]  # one chunk: 3.8 MB
     monkeypatch.setattr(importance, "CHUNK_BYTES", 300 * 50 * 4 * 16)  # 16 samples of the 300 rows
     sizes.clear()
     pyro.set_rng_seed(0)
-    narrow = importance.importance_estimate(vae.model, encoder, data, num_samples=64, decoder=decoder)
+    narrow = importance.importance_estimate(vae.model, encoder, data, num_samples=64, decoder=decoder, **rows)
     assert sizes == [importance.CHUNK_BYTES] * 4
     # the same draws, sample-major in both; only the order of the sums differs (float32)
     torch.testing.assert_close(narrow.elbo, wide.elbo, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(narrow.log_likelihood, wide.log_likelihood, rtol=1e-5, atol=1e-4)
+
+
+def test_by_default_a_chunk_has_room_for_32_samples_of_its_rows(monkeypatch):
+    """Wide rows: the rows per batch are cut so that one chunk holds SAMPLES_PER_CHUNK samples
+    (or all K, when fewer), within CHUNK_BYTES; narrow rows keep MAX_ROWS rows."""
+    import inference.importance as importance
+
+    data = torch.rand(300, 784)
+    decoder = vae.Decoder(784, 2, hidden=(8,))
+    encoder = guides.AmortisedNormal(784, 2, hidden=(8,))
+    calls, real = [], importance.log_weights
+
+    def recording(model, guide, data, rows, size, **kwargs):
+        calls.append((len(rows), size))
+        return real(model, guide, data, rows, size, **kwargs)
+
+    monkeypatch.setattr(importance, "log_weights", recording)
+    row_bytes = 784 * 4
+    for num_samples, per_chunk in ((20, 20), (49, 32)):
+        calls.clear()
+        importance.importance_estimate(vae.model, encoder, data, num_samples=num_samples, decoder=decoder)
+        rows = importance.CHUNK_BYTES // (per_chunk * row_bytes)  # 133 and 83
+        assert max(n for n, _ in calls) == rows and calls[0] == (rows, per_chunk)
+        assert sum(size for n, size in calls if n == rows) == num_samples * (300 // rows)
+        assert all(n * size * row_bytes <= importance.CHUNK_BYTES for n, size in calls)
+    assert importance.CHUNK_BYTES // (32 * 64 * 4) > importance.MAX_ROWS  # 64 pixels: 512 rows, as before
