@@ -61,7 +61,7 @@ def count_flops(fn) -> float:
 
 def network_cost(decoder, encoder, obs_dim: int) -> NetworkCost:
     """The :class:`NetworkCost` of ``decoder`` and ``encoder`` (``None``: per-datapoint tables)
-    for one row of ``obs_dim`` values, on copies of their dtype and device."""
+    for one row of ``obs_dim`` values, made in the decoder's dtype and on its device."""
     weight = next(decoder.parameters())
     z = weight.new_zeros(1, decoder.latent_dim)
     sample = count_flops(lambda: decoder(z))
@@ -118,13 +118,13 @@ def plan_evaluation(
         particles = int(min(MAX_PARTICLES, max(MIN_PARTICLES, math.floor(room))))
     spent = iw_flops(cost, rows, particles)
     gap_rows = config.vae.gap_rows
+    if gap_rows is None and config.guide == "mean-field":
+        gap_rows = 0  # no encoder, no gaps
     if gap_rows is None:  # a gap row: its share of the local fit, the amortised and best local estimates
         per_row = 3 * config.vae.gap_steps * GAP_PARTICLES * cost.sample + 2 * iw_flops(cost, 1, particles)
         left = budget - spent - config.vae.gap_steps * STEP_FLOPS
         gap_rows = min(MAX_GAP_ROWS, num_heldout, max(0, math.floor(left / per_row)))
-    if config.guide == "mean-field":
-        gap_rows = 0  # no encoder, no gaps
-    used = min(gap_rows, num_heldout)
+    used = 0 if config.guide == "mean-field" else min(gap_rows, num_heldout)
     spent += local_fit_flops(config, cost, used) + 2 * iw_flops(cost, used, particles)
     return EvalPlan(particles, gap_rows, budget, spent)
 
