@@ -36,6 +36,7 @@ import torch
 from arguments import require_at_least_one
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_info, threadpool_limits
+from timing import device_name
 
 from gallery.models import gmm
 from gallery.models.gmm import GMMParams
@@ -82,19 +83,6 @@ def initial_params(data: torch.Tensor, num_components: int, seed: int) -> GMMPar
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else the architecture."""
-    try:
-        with open("/proc/cpuinfo") as lines:
-            return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def blas_threads() -> int | None:

@@ -20,13 +20,13 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from itertools import islice
 
 import pyro
 import torch
 from arguments import require_at_least_one
-from gmm_em import cpu_name, make_mixture, sample
+from gmm_em import make_mixture, sample
+from timing import device_name, seconds_per_step
 
 from gallery.models import gmm
 from inference.compiled import CompiledStep, compiled_svi_step
@@ -61,16 +61,6 @@ def build_step(data: torch.Tensor, init, first: torch.Tensor, num_steps: int, mo
         return loss
 
     return step
-
-
-def seconds_per_step(step, batches: list[torch.Tensor], device: torch.device, losses: list) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    for subsample in batches:
-        losses.append(step(subsample))
-    sync()
-    return (time.perf_counter() - start) / len(batches)
 
 
 def main(args) -> dict:
@@ -115,7 +105,7 @@ def main(args) -> dict:
     result["repeats_s"] = times
     result["settings"] = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "device_name": device_name(device),
         "dtype": args.dtype,
         "num_data": args.num_data,
         "batch_size": args.batch_size,

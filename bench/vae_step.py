@@ -40,6 +40,7 @@ import pyro
 import torch
 from arguments import require_at_least_one
 from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from timing import device_name, seconds_per_step
 from torch import Tensor, nn
 from torch.nn.functional import binary_cross_entropy_with_logits, softplus
 
@@ -222,26 +223,6 @@ def pyro_svi(args, data: Tensor, total_steps: int, jit: bool) -> Step:
     return step
 
 
-def seconds_per_step(step: Step, batches: list[Tensor], device: torch.device) -> float:
-    """Wall-clock seconds per step over ``batches``, the device drained before and after."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    for subsample in batches:
-        step(subsample)
-    sync()
-    return (time.perf_counter() - start) / len(batches)
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else the architecture."""
-    try:
-        with open("/proc/cpuinfo") as lines:
-            return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
-
-
 def main(args) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -321,7 +302,7 @@ def main(args) -> dict:
         "repeats_s": times,
         "settings": {
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+            "device_name": device_name(device),
             "dtype": args.dtype,
             "batch_size": args.batch_size,
             "num_data": num_data,
