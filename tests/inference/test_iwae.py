@@ -20,7 +20,7 @@ from guides.amortised import full_covariance_normal
 from inference.estimators import DeviceTrace_ELBO
 from inference.iwae import IWAE, make_objective, stop_gradient
 from inference.svi import fit_svi
-from tests.inference.test_svi import _steps_with_host_reads_forbidden, _steps_without_sync
+from tests.inference.test_svi import _small_vae, _steps_with_host_reads_forbidden, _steps_without_sync
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -232,13 +232,7 @@ def test_refusals():
 def test_iwae_steps_read_nothing_back_to_the_host(objective, guide_kind, monkeypatch):
     """As the ELBO's steps (tests/inference/test_svi.py): after the first call, minibatch steps
     of either gradient run with every tensor-to-Python conversion made to raise."""
-    data = load("digits").data.float()[:150] / 16
-    decoder = vae.Decoder(64, 2, hidden=(8,))
-    if guide_kind == "mean-field":
-        guide = guides.MeanFieldNormal(150, 2)
-    else:
-        covariance = "full" if guide_kind == "amortised-full" else "diag"
-        guide = guides.AmortisedNormal(64, 2, hidden=(8,), covariance=covariance)
+    data, decoder, guide = _small_vae(guide_kind)
     loss = make_objective(objective, 5).differentiable_loss
     loss_fn = functools.partial(loss, vae.model, guide, data, decoder=decoder)
     losses = _steps_with_host_reads_forbidden(loss_fn, 150, monkeypatch)

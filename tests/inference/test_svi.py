@@ -382,16 +382,20 @@ def test_svi_step_reads_nothing_back_to_the_host(name, guide_kind, monkeypatch):
     assert all(torch.isfinite(loss) for loss in losses)
 
 
-@pytest.mark.parametrize("guide_kind", ["amortised", "amortised-full", "mean-field"])
-def test_vae_svi_step_reads_nothing_back_to_the_host(guide_kind, monkeypatch):
-    """The same for the VAE (an MLP decoder, learned sigma^2) with each of its guides."""
+def _small_vae(guide_kind: str):
+    """150 digits scaled to [0, 1], a 64-8-2 decoder and the guide of ``guide_kind``."""
     data = load("digits").data.float()[:150] / 16
     decoder = vae.Decoder(64, 2, hidden=(8,))
     if guide_kind == "mean-field":
-        guide = guides.MeanFieldNormal(150, 2)
-    else:
-        covariance = "full" if guide_kind == "amortised-full" else "diag"
-        guide = guides.AmortisedNormal(64, 2, hidden=(8,), covariance=covariance)
+        return data, decoder, guides.MeanFieldNormal(150, 2)
+    covariance = "full" if guide_kind == "amortised-full" else "diag"
+    return data, decoder, guides.AmortisedNormal(64, 2, hidden=(8,), covariance=covariance)
+
+
+@pytest.mark.parametrize("guide_kind", ["amortised", "amortised-full", "mean-field"])
+def test_vae_svi_step_reads_nothing_back_to_the_host(guide_kind, monkeypatch):
+    """The same for the VAE (an MLP decoder, learned sigma^2) with each of its guides."""
+    data, decoder, guide = _small_vae(guide_kind)
     elbo = make_elbo(False, num_particles=2)
     loss_fn = functools.partial(elbo.differentiable_loss, vae.model, guide, data, decoder=decoder)
     losses = _steps_with_host_reads_forbidden(loss_fn, 150, monkeypatch)
