@@ -81,12 +81,14 @@ def svi_flops(config: RunConfig, cost: NetworkCost, batch_size: int) -> float:
     return train.num_steps * per_step
 
 
+def fit_row_flops(config: RunConfig, cost: NetworkCost) -> float:
+    """One row's share of the best local q's ``--gap-steps`` SVI steps (the model fixed)."""
+    return 3 * config.vae.gap_steps * GAP_PARTICLES * cost.sample
+
+
 def local_fit_flops(config: RunConfig, cost: NetworkCost, rows: int) -> float:
-    """The best local q's ``--gap-steps`` SVI steps on ``rows`` rows (the model fixed)."""
-    if rows == 0:
-        return 0.0
-    steps = config.vae.gap_steps
-    return steps * (3 * rows * GAP_PARTICLES * cost.sample + STEP_FLOPS)
+    """The best local q's fit on ``rows`` rows, with its steps' fixed cost."""
+    return 0.0 if rows == 0 else rows * fit_row_flops(config, cost) + config.vae.gap_steps * STEP_FLOPS
 
 
 def iw_flops(cost: NetworkCost, rows: int, particles: int) -> float:
@@ -121,7 +123,7 @@ def plan_evaluation(
     if gap_rows is None and config.guide == "mean-field":
         gap_rows = 0  # no encoder, no gaps
     if gap_rows is None:  # a gap row: its share of the local fit, the amortised and best local estimates
-        per_row = 3 * config.vae.gap_steps * GAP_PARTICLES * cost.sample + 2 * iw_flops(cost, 1, particles)
+        per_row = fit_row_flops(config, cost) + 2 * iw_flops(cost, 1, particles)
         left = budget - spent - config.vae.gap_steps * STEP_FLOPS
         gap_rows = min(MAX_GAP_ROWS, num_heldout, max(0, math.floor(left / per_row)))
     used = 0 if config.guide == "mean-field" else min(gap_rows, num_heldout)
