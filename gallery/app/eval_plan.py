@@ -96,6 +96,12 @@ def iw_flops(cost: NetworkCost, rows: int, particles: int) -> float:
     return rows * (cost.row + particles * cost.sample)
 
 
+def eval_row_count(config: RunConfig, num_train: int) -> int:
+    """How many training rows the importance-weighted estimates take: ``--eval-rows`` (0: all)."""
+    rows = config.vae.eval_rows
+    return num_train if rows == 0 else min(rows, num_train)
+
+
 @dataclass(frozen=True)
 class EvalPlan:
     """K and the gap rows, settled; the budget and what the evaluation is planned to cost."""
@@ -112,8 +118,8 @@ def plan_evaluation(
     """Settle ``--eval-particles`` and ``--gap-rows`` (``None``: from the budget) for a run on
     ``num_train`` training and ``num_heldout`` held-out rows with ``batch_size`` rows per step."""
     budget = config.vae.eval_budget * svi_flops(config, cost, batch_size)
-    eval_rows = num_train if config.vae.eval_rows == 0 else min(config.vae.eval_rows, num_train)
-    rows = 2 * eval_rows + num_heldout  # the sample at the start and after SVI; every held-out row
+    # the training sample at the start and after SVI, and every held-out row
+    rows = 2 * eval_row_count(config, num_train) + num_heldout
     particles = config.train.eval_particles
     if particles is None:
         room = (budget - iw_flops(cost, rows, 0)) / (rows * cost.sample)
@@ -138,6 +144,7 @@ __all__ = [
     "MIN_PARTICLES",
     "NetworkCost",
     "STEP_FLOPS",
+    "eval_row_count",
     "network_cost",
     "plan_evaluation",
     "svi_flops",

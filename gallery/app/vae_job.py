@@ -19,7 +19,7 @@ from torch import Tensor
 import guides
 from gallery.app.checks import check_processes, check_settings
 from gallery.app.config import RunConfig, with_settings
-from gallery.app.eval_plan import network_cost, plan_evaluation
+from gallery.app.eval_plan import eval_row_count, network_cost, plan_evaluation
 from gallery.app.metrics import Baseline, Evaluation
 from gallery.app.resources import check_resources
 from gallery.app.stages import Evaluated, Prepared, RunResult, Setup, elbo_trace
@@ -259,8 +259,7 @@ def setup(prepared: Prepared, parallel=None) -> Setup:
 def eval_sample(config: RunConfig, train: Tensor) -> Tensor:
     """(M,) the indices of the first ``--eval-rows`` training rows (0: all), a fixed random
     sample: the rows were shuffled from the seed before the split."""
-    num_data, rows = train.shape[0], config.vae.eval_rows
-    return torch.arange(num_data if rows == 0 else min(rows, num_data), device=train.device)
+    return torch.arange(eval_row_count(config, train.shape[0]), device=train.device)
 
 
 def evaluate(prepared: Prepared, setup: Setup, svi: SVIResult) -> Evaluated:
